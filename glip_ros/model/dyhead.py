@@ -1,0 +1,137 @@
+"""DyHead convolution block (``vldyhead.DyConv``): scale-aware attention over three pyramid levels with
+modulated deformable convolutions (torchvision ``deform_conv2d``) and DyReLU."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import deform_conv2d
+
+__all__ = ["DyConv", "DYReLU", "Conv3x3Norm"]
+
+
+def h_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x + 3.0) / 6.0
+
+
+class HSigmoid(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return h_sigmoid(x)
+
+
+class ModulatedDeformConv(nn.Module):
+    """DCNv2 with maskrcnn_benchmark's parameter names (``weight``, ``bias``)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        nn.init.normal_(self.weight, 0, 0.01)
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        ho = (x.shape[2] + 2 - 3) // self.stride + 1
+        wo = (x.shape[3] + 2 - 3) // self.stride + 1
+        if offset.shape[-2:] != (ho, wo):
+            # Official quirk kept on purpose: the CUDA kernel does no shape check and reads the FIRST
+            # 18·Ho·Wo offset (9·Ho·Wo mask) values of each image's buffer, computed on the previous (larger)
+            # level, as if they had the output's shape. torchvision checks shapes, so reinterpret explicitly.
+            offset = _reinterpret(offset, 18, ho, wo)
+            mask = _reinterpret(mask, 9, ho, wo)
+        # The official op runs in fp32 (custom_fwd(cast_inputs=float32)).
+        dtype = x.dtype
+        out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(),
+                            stride=self.stride, padding=1, mask=mask.float())
+        return out.to(dtype)
+
+
+def _reinterpret(t: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    b = t.shape[0]
+    flat = t.reshape(b, -1)
+    if flat.shape[1] < c * h * w:
+        raise RuntimeError(f"offset buffer too small for reinterpretation: {tuple(t.shape)} -> ({c},{h},{w})")
+    return flat[:, : c * h * w].reshape(b, c, h, w)
+
+
+class Conv3x3Norm(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, deformable: bool, gn_groups: int):
+        super().__init__()
+        self.deformable = deformable
+        if deformable:
+            self.conv: nn.Module = ModulatedDeformConv(cin, cout, stride)
+        else:
+            self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+            nn.init.normal_(self.conv.weight, 0, 0.01)
+            nn.init.zeros_(self.conv.bias)
+        self.bn = nn.GroupNorm(gn_groups, cout)
+
+    def forward(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.conv(x, offset, mask) if self.deformable else self.conv(x)
+        return self.bn(x)
+
+
+class DYReLU(nn.Module):
+    """Dynamic ReLU (K2, with bias, no spatial branch): max(x·a1 + b1, x·a2 + b2), coefficients from GAP(x)."""
+
+    def __init__(self, inp: int, oup: int, reduction: int = 4):
+        super().__init__()
+        self.oup = oup
+        self.lambda_a = 2.0
+        self.fc = nn.Sequential(nn.Linear(inp, inp // reduction), nn.ReLU(inplace=True),
+                                nn.Linear(inp // reduction, oup * 4), HSigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        y = self.fc(F.adaptive_avg_pool2d(x, 1).view(b, c)).view(b, self.oup * 4, 1, 1)
+        a1, b1, a2, b2 = torch.split(y, self.oup, dim=1)
+        a1 = (a1 - 0.5) * self.lambda_a + 1.0
+        a2 = (a2 - 0.5) * self.lambda_a + 0.0
+        b1 = b1 - 0.5 + 0.0
+        b2 = b2 - 0.5 + 0.0
+        return torch.max(x * a1 + b1, x * a2 + b2)
+
+
+class DyConv(nn.Module):
+    def __init__(self, channels: int, gn_groups: int, use_deform: bool, use_dyrelu: bool, use_dyfuse: bool):
+        super().__init__()
+        self.DyConv = nn.ModuleList([
+            Conv3x3Norm(channels, channels, 1, use_deform, gn_groups),  # applied to level l+1 (upsampled)
+            Conv3x3Norm(channels, channels, 1, use_deform, gn_groups),  # level l
+            Conv3x3Norm(channels, channels, 2, use_deform, gn_groups),  # level l-1, stride 2
+        ])
+        if use_dyfuse:
+            self.AttnConv = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 1, 1), nn.ReLU(inplace=True))
+            nn.init.normal_(self.AttnConv[1].weight, 0, 0.01)
+            nn.init.zeros_(self.AttnConv[1].bias)
+        else:
+            self.AttnConv = None
+        self.relu = DYReLU(channels, channels) if use_dyrelu else nn.ReLU()
+        self.offset = nn.Conv2d(channels, 27, 3, padding=1) if use_deform else None
+
+    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+        out = []
+        for level, feature in enumerate(feats):
+            args = {}
+            if self.offset is not None:
+                om = self.offset(feature)
+                args = {"offset": om[:, :18], "mask": om[:, 18:].sigmoid()}
+            temp = [self.DyConv[1](feature, **args)]
+            if level > 0:
+                temp.append(self.DyConv[2](feats[level - 1], **args))
+            if level < len(feats) - 1:
+                up = self.DyConv[0](feats[level + 1], **args)
+                # F.upsample_bilinear == interpolate(bilinear, align_corners=True)
+                temp.append(F.interpolate(up, size=feature.shape[-2:], mode="bilinear", align_corners=True))
+            if self.AttnConv is not None:
+                res = torch.stack(temp)
+                attn = h_sigmoid(torch.stack([self.AttnConv(t) for t in temp]))
+                mean = torch.mean(res * attn, dim=0)
+            else:
+                mean = torch.mean(torch.stack(temp), dim=0)
+            out.append(mean)
+        return [self.relu(x) for x in out]

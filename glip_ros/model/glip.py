@@ -1,0 +1,145 @@
+"""The assembled GLIP model (``GeneralizedVLRCNN`` with ``RPN_ONLY`` and the VL-DyHead).
+
+The forward is split where the robot needs it split: ``encode_text`` (once per query, cached by the engine),
+``encode_image`` (Swin + FPN, once per frame whatever the number of phrases or prompt chunks) and
+``forward_head`` (fusion + DyHead + box/alignment outputs, per frame and prompt chunk).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import Backbone
+from .config import GLIPConfig
+from .head import RPN, BoxCoder, HeadOutputs
+from .language import LanguageBackbone, TextFeatures
+
+__all__ = ["GLIPModel", "resize_shape", "build_model"]
+
+
+def resize_shape(h: int, w: int, min_size: Optional[int], max_size: Optional[int]) -> Tuple[int, int]:
+    """maskrcnn_benchmark ``Resize.get_size`` (the official test transform): shorter side to ``min_size``,
+    capped so the longer side is at most ``max_size``; ``min_size=None`` keeps the image as it is."""
+    if min_size is None:
+        return h, w
+    size = float(min_size)
+    if max_size is not None:
+        mn, mx = float(min(w, h)), float(max(w, h))
+        if mx / mn * size > max_size:
+            size = int(round(max_size * mn / mx))
+    size = int(size)
+    if (w <= h and w == size) or (h <= w and h == size):
+        return h, w
+    if w < h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
+class GLIPModel(nn.Module):
+    def __init__(self, config: GLIPConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config)
+        self.language_backbone = LanguageBackbone(config.language)
+        self.rpn = RPN(config)
+        self.box_coder = BoxCoder()
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
+
+    # -- text --------------------------------------------------------------------------------------------------
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        text = self.language_backbone(input_ids, attention_mask)
+        tl = self.rpn.tunable_linear
+        if tl is not None:
+            # Prompt tuning ('language_prompt_v2'): a learned per-position offset on both text features.
+            offset = tl.weight[: text.hidden.shape[1], :].unsqueeze(0)
+            text = TextFeatures(hidden=text.hidden + offset, embedded=text.embedded + offset, masks=text.masks)
+        return text
+
+    def enable_prompt_tuning(self) -> nn.Linear:
+        """Adds the zero-initialised ``rpn.tunable_linear`` of the official prompt-tuning mode."""
+        if self.rpn.tunable_linear is None:
+            d = self.config.language.hidden_size
+            tl = nn.Linear(d, 1000, bias=False)
+            nn.init.zeros_(tl.weight)
+            self.rpn.tunable_linear = tl.to(self.rpn.head.bias_lang.device)
+        return self.rpn.tunable_linear
+
+    # -- image -------------------------------------------------------------------------------------------------
+    def normalize(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] uint8 RGB -> official input: BGR, ToTensor()/255 then ×255 (TO_BGR255), Normalize."""
+        x = images_uint8_rgb.flip(1).float() / 255.0 * 255.0
+        return (x - self.pixel_mean.to(x.device)) / self.pixel_std.to(x.device)
+
+    def preprocess(self, images: Sequence[np.ndarray], min_size: Optional[int] = -1, max_size: Optional[int] = -1,
+                   device: Optional[torch.device] = None) -> Tuple[torch.Tensor, List[Tuple[int, int]], List[Tuple[float, float]]]:
+        """RGB uint8 HWC arrays -> (padded normalised batch, resized (h, w) per image, (sx, sy) per image).
+
+        Resizing uses PIL bilinear as the official transform does (torchvision Resize on a PIL image);
+        ``min_size=-1`` means the config's test size; ``None`` means no resize. Padding is zeros at the
+        bottom/right of the normalised image up to a multiple of ``size_divisibility`` (``to_image_list``).
+        """
+        from PIL import Image
+
+        if min_size == -1:
+            min_size = self.config.min_size
+        if max_size == -1:
+            max_size = self.config.max_size
+        device = device or self.pixel_mean.device
+        tensors, sizes, scales = [], [], []
+        for img in images:
+            h, w = img.shape[:2]
+            nh, nw = resize_shape(h, w, min_size, max_size)
+            if (nh, nw) != (h, w):
+                img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((nw, nh), Image.BILINEAR))
+            t = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).unsqueeze(0)
+            tensors.append(self.normalize(t)[0])
+            sizes.append((nh, nw))
+            scales.append((w / nw, h / nh))
+        return self.batch(tensors), sizes, scales
+
+    def batch(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        div = self.config.size_divisibility
+        mh = max(t.shape[1] for t in tensors)
+        mw = max(t.shape[2] for t in tensors)
+        if div > 0:
+            mh = int(math.ceil(mh / div) * div)
+            mw = int(math.ceil(mw / div) * div)
+        out = tensors[0].new_zeros((len(tensors), 3, mh, mw))
+        for i, t in enumerate(tensors):
+            out[i, :, : t.shape[1], : t.shape[2]].copy_(t)
+        return out
+
+    def encode_image(self, images: torch.Tensor) -> List[torch.Tensor]:
+        return self.backbone(images)
+
+    # -- head --------------------------------------------------------------------------------------------------
+    def forward_head(self, features: List[torch.Tensor], text: TextFeatures) -> HeadOutputs:
+        return self.rpn.head(features, text)
+
+    def anchors(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
+        return self.rpn.anchor_generator(features)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> HeadOutputs:
+        text = self.encode_text(input_ids, attention_mask)
+        feats = self.encode_image(images)
+        if text.hidden.shape[0] != images.shape[0]:
+            text = text.repeat(images.shape[0])
+        return self.forward_head(feats, text)
+
+
+def build_model(spec="glip_t", bert_config=None) -> GLIPModel:
+    """A preset name (``glip_t_a``, ``glip_t``, ``glip_l`` …), an official YAML file, a dict or a GLIPConfig.
+
+    Weights are random (or the official init schemes); load weights with ``load_checkpoint``.
+    """
+    from .config import resolve_config
+
+    model = GLIPModel(resolve_config(spec, bert_config=bert_config))
+    return model.eval()
