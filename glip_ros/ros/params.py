@@ -1,0 +1,234 @@
+"""The node's parameters, declared in one table.
+
+Why a table: the node, ``config/glip.yaml``, the launch files and docs/INTERFACES.md must agree on names,
+types and defaults. One module-level :data:`PARAMETERS` tuple is the single source: the node declares from it,
+and a test compares it with the YAML file and the docs without starting ROS.
+
+``applies`` says when a change takes effect:
+
+* ``live``: immediately, while active (e.g. ``query``, ``score_threshold``).
+* ``activate``: topics/QoS are created in on_activate; refused while active.
+* ``configure``: chooses code or files (checkpoint, preset, device, precision, sizes); refused while active,
+  changes through a lifecycle reconfigure (deactivate, cleanup, set, configure, activate).
+* ``startup``: read once when the process starts (read-only afterwards).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PARAMETERS", "PARAMS_BY_NAME", "ParamSpec"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter: name, default (which fixes the type), meaning and constraints."""
+
+    name: str
+    default: Any
+    description: str
+    applies: str = "live"  # live | activate | configure | startup
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return self.applies == "startup"
+
+    def type_name(self) -> str:
+        """ROS parameter type name of the default ('bool', 'integer', 'double', 'string', 'string_array')."""
+        if isinstance(self.default, bool):
+            return "bool"
+        if isinstance(self.default, int):
+            return "integer"
+        if isinstance(self.default, float):
+            return "double"
+        if isinstance(self.default, str):
+            return "string"
+        if isinstance(self.default, (list, tuple)):
+            return "string_array"
+        raise TypeError(f"unsupported default for {self.name}: {self.default!r}")
+
+    def descriptor(self) -> Any:
+        """Build the rcl_interfaces ParameterDescriptor (type, range, read-only, description)."""
+        from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+        types = {
+            "bool": ParameterType.PARAMETER_BOOL,
+            "integer": ParameterType.PARAMETER_INTEGER,
+            "double": ParameterType.PARAMETER_DOUBLE,
+            "string": ParameterType.PARAMETER_STRING,
+            "string_array": ParameterType.PARAMETER_STRING_ARRAY,
+        }
+        d = ParameterDescriptor(
+            name=self.name,
+            type=types[self.type_name()],
+            description=self.description,
+            read_only=self.read_only,
+        )
+        constraints = []
+        if self.choices:
+            constraints.append("one of: " + ", ".join(self.choices))
+        if self.applies in ("configure", "activate"):
+            constraints.append(f"refused while active; applies at {self.applies}")
+        d.additional_constraints = "; ".join(constraints)
+        if self.int_range:
+            d.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=0)]
+        if self.float_range:
+            d.floating_point_range = [
+                FloatingPointRange(from_value=self.float_range[0], to_value=self.float_range[1], step=0.0)
+            ]
+        return d
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "autostart",
+        True,
+        "Configure and activate at start. Set false when a lifecycle manager brings the node up.",
+        applies="startup",
+    ),
+    # --- model (chooses code or files: only through a lifecycle reconfigure) ---
+    ParamSpec(
+        "checkpoint",
+        "",
+        "Model checkpoint file. Empty: the embedded default model shipped in glip_ros/weights/.",
+        applies="configure",
+    ),
+    ParamSpec(
+        "preset",
+        "",
+        "Model preset (glip_ros.model.config) for checkpoints without an embedded config. Empty: from file.",
+        applies="configure",
+    ),
+    ParamSpec(
+        "device",
+        "auto",
+        "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.",
+        applies="configure",
+    ),
+    ParamSpec(
+        "precision",
+        "fp32",
+        "Inference precision. fp16/bf16 only make sense on a GPU.",
+        applies="configure",
+        choices=("fp32", "fp16", "bf16"),
+    ),
+    ParamSpec(
+        "min_size",
+        800,
+        "Shorter image side fed to the model, in pixels (GLIP's 800). 0: keep the image's size.",
+        applies="configure",
+        int_range=(0, 4096),
+    ),
+    ParamSpec(
+        "max_size",
+        1333,
+        "Upper bound of the longer image side fed to the model, in pixels (GLIP's 1333).",
+        applies="configure",
+        int_range=(32, 8192),
+    ),
+    ParamSpec(
+        "text_cache_size",
+        16,
+        "How many encoded queries the engine keeps (LRU), so switching back to a recent query costs nothing.",
+        applies="configure",
+        int_range=(1, 4096),
+    ),
+    ParamSpec(
+        "num_threads",
+        0,
+        "torch CPU threads for this process. 0: torch's default (OMP_NUM_THREADS or all cores).",
+        applies="configure",
+        int_range=(0, 256),
+    ),
+    ParamSpec(
+        "warmup",
+        True,
+        "Run one dummy forward at configure, so the first real frame is not slow.",
+        applies="configure",
+    ),
+    # --- query and thresholds (live) ---
+    ParamSpec(
+        "query",
+        "",
+        "Text to ground, e.g. 'red mug. laptop' or 'red mug, laptop'. Empty: idle (no model work, empty "
+        "results). Setting it answers success or the reason the query was rejected.",
+    ),
+    ParamSpec(
+        "max_query_chars",
+        2000,
+        "Longest query accepted, in characters; longer ones are rejected with a reason (a runaway speech or "
+        "LLM output must not stall the model for seconds).",
+        int_range=(1, 100000),
+    ),
+    ParamSpec(
+        "score_threshold",
+        0.5,
+        "Minimum detection score published.",
+        float_range=(0.0, 1.0),
+    ),
+    ParamSpec(
+        "max_batch",
+        4,
+        "Most frames (one per camera) batched into one model call.",
+        int_range=(1, 64),
+    ),
+    ParamSpec(
+        "max_rate",
+        0.0,
+        "Upper bound on model calls per second (shares the GPU/CPU with other work). 0: as fast as it can.",
+        float_range=(0.0, 1000.0),
+    ),
+    ParamSpec(
+        "publish_debug_image",
+        True,
+        "Publish the annotated debug_image (only computed while someone subscribes).",
+    ),
+    # --- topics and QoS (created in on_activate) ---
+    ParamSpec(
+        "cameras",
+        [""],
+        "Camera names. [''] (default): one camera on node-relative topics image, detections, ... ; "
+        "['front', 'left']: topics front/image, front/detections, left/image, ...",
+        applies="activate",
+    ),
+    ParamSpec(
+        "transport",
+        "raw",
+        "Image input: raw (sensor_msgs/Image on <image>) or compressed (CompressedImage, <image>/compressed)",
+        applies="activate",
+        choices=("raw", "compressed"),
+    ),
+    ParamSpec(
+        "image_reliability",
+        "best_effort",
+        "Reliability of the image subscriptions (depth 1, volatile). best_effort matches every publisher.",
+        applies="activate",
+        choices=("best_effort", "reliable"),
+    ),
+    ParamSpec(
+        "output_depth",
+        10,
+        "History depth of the reliable output topics (detections, grounding, debug_image).",
+        applies="activate",
+        int_range=(1, 1000),
+    ),
+    ParamSpec(
+        "diagnostics_period",
+        1.0,
+        "Seconds between /diagnostics messages (steady clock).",
+        applies="activate",
+        float_range=(0.05, 60.0),
+    ),
+    ParamSpec(
+        "warn_throttle",
+        5.0,
+        "Seconds between repeated warnings of the same kind (bad frames, bad queries); all are counted.",
+        float_range=(0.0, 3600.0),
+    ),
+)
+
+PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
