@@ -98,7 +98,9 @@ class GLIPModel(nn.Module):
             nh, nw = resize_shape(h, w, min_size, max_size)
             if (nh, nw) != (h, w):
                 img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((nw, nh), Image.BILINEAR))
-            t = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).unsqueeze(0)
+            if not (img.flags.writeable and img.flags.c_contiguous):
+                img = np.ascontiguousarray(img).copy()
+            t = torch.from_numpy(img).to(device).permute(2, 0, 1).unsqueeze(0)
             tensors.append(self.normalize(t)[0])
             sizes.append((nh, nw))
             scales.append((w / nw, h / nh))

@@ -68,7 +68,14 @@ def _load_tokenizer(path: str, check: bool):
             digest = hashlib.sha256(f.read()).hexdigest()
         if digest != BERT_VOCAB_SHA256:
             raise ValueError(f"{path} is not bert-base-uncased's vocab.txt (sha256 {digest[:12]}…)")
-    return BertTokenizerFast(vocab_file=path, do_lower_case=True, model_max_length=512)
+    import inspect
+
+    # transformers 5 takes the vocabulary as ``vocab``; 4.x as ``vocab_file`` (and ignores unknown kwargs).
+    key = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+    tok = BertTokenizerFast(**{key: path}, do_lower_case=True, model_max_length=100000)
+    if tok.convert_tokens_to_ids("[CLS]") != 101 or len(tok) != 30522:
+        raise ValueError(f"tokenizer built from {path} does not have bert-base-uncased's ids")
+    return tok
 
 
 def get_tokenizer(vocab_file: Optional[str] = None):

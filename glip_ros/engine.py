@@ -1,0 +1,284 @@
+"""GroundingEngine: the one place that knows devices, precision, caching and batching.
+
+Per query the language backbone runs once per prompt chunk and the result is cached (LRU). Per frame the
+Swin + FPN features are computed once and shared by every chunk; with deep fusion the fused head runs per
+chunk (chunks batched together), without it (GLIP-T A) the visual head runs once and only the token
+alignment runs per chunk. Frames of several cameras are batched into one forward when their padded sizes
+agree (padding depends on the batch in GLIP, so frames of different sizes are never mixed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .model import GLIPModel, build_model, load_checkpoint, read_checkpoint_config
+from .model.head import HeadOutputs
+from .model.language import TextFeatures
+from .postprocess import Candidates, Detection, finalize, head_candidates, select_candidates
+from .prompt import Prompt, QueryError, build_prompts, get_tokenizer
+
+__all__ = ["GroundingEngine", "PreparedQuery", "QueryError", "ImageError", "Detection", "validate_image",
+           "DEFAULT_CHECKPOINT"]
+
+_query_ids = itertools.count(1)
+
+
+def _default_checkpoint() -> str:
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "glip_synth_tiny.safetensors")
+
+
+DEFAULT_CHECKPOINT = _default_checkpoint()
+
+
+class ImageError(ValueError):
+    """An image the model cannot take (wrong dtype or shape); the message names the problem."""
+
+
+def validate_image(image: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB. Documented conversions: HxW / HxWx1 grayscale is replicated to 3 channels and the
+    alpha channel of HxWx4 is dropped. Anything else raises :class:`ImageError`."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ImageError(f"image must be uint8 (0..255), got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3:
+        raise ImageError(f"image must be HxWx3, got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageError(f"image has no pixels: shape {image.shape}")
+    c = image.shape[2]
+    if c == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif c == 4:
+        image = image[:, :, :3]
+    elif c != 3:
+        raise ImageError(f"image must have 1, 3 or 4 channels, got {c}")
+    return image
+
+
+@dataclass
+class PreparedQuery:
+    query_id: int
+    text: str
+    phrases: List[str]
+    spans: List[List[Tuple[int, int]]]
+    prompts: List[Prompt] = field(repr=False)
+
+    @property
+    def caption(self) -> str:
+        return self.prompts[0].caption if len(self.prompts) == 1 else self.text
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.prompts)
+
+
+class GroundingEngine:
+    def __init__(self, model: GLIPModel, device: str = "cpu", precision: str = "fp32", text_cache_size: int = 16,
+                 min_size: Optional[int] = -1, max_size: Optional[int] = -1, max_chunk_batch: int = 8,
+                 max_query_chars: int = 50000):
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.min_size = model.config.min_size if min_size == -1 else min_size
+        self.max_size = model.config.max_size if max_size == -1 else max_size
+        self.max_chunk_batch = max(1, int(max_chunk_batch))
+        self.max_query_chars = int(max_query_chars)
+        self.tokenizer = get_tokenizer()
+        self._cache: "OrderedDict[str, TextFeatures]" = OrderedDict()
+        self._cache_size = max(1, int(text_cache_size))
+        self._lock = threading.RLock()
+        self.counters: Dict[str, int] = {k: 0 for k in ("text_encodes", "text_cache_hits", "image_forwards",
+                                                         "head_forwards", "frames", "queries")}
+        self.timings: Dict[str, float] = {}
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Optional[str] = None, preset: Optional[str] = None,
+                        config: Optional[str] = None, bert_config: Optional[str] = None, strict: bool = True,
+                        **kwargs) -> "GroundingEngine":
+        """``checkpoint`` None/"" means the embedded default model. The architecture comes from ``preset`` or
+        ``config`` (an official YAML), else from the checkpoint's own metadata (files saved by glip_ros)."""
+        import os
+
+        path = checkpoint or DEFAULT_CHECKPOINT
+        if not os.path.isfile(path):
+            if not checkpoint:
+                raise FileNotFoundError(f"the embedded default model is missing ({path}); pass a checkpoint path")
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        spec = config or preset
+        if spec is None:
+            spec = read_checkpoint_config(path)
+            if spec is None:
+                raise ValueError(f"{path} carries no model config: say which architecture it is with a preset "
+                                 "(glip_t_a, glip_t, glip_l, …) or an official config YAML")
+        model = build_model(spec, bert_config=bert_config)
+        load_checkpoint(model, path, strict=strict)
+        return cls(model, **kwargs)
+
+    # -- queries ------------------------------------------------------------------------------------------------
+    def prepare_query(self, text, phrases=None) -> PreparedQuery:
+        """Parse and encode a query (text features cached). Raises QueryError with the reason."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise QueryError(f"query is not valid UTF-8: {e}") from None
+        if isinstance(text, str) and len(text) > self.max_query_chars:
+            raise QueryError(f"query has {len(text)} characters, more than max_query_chars={self.max_query_chars}")
+        prompts = build_prompts(text, self.tokenizer, phrases=phrases,
+                                max_len=self.model.config.language.max_query_len)
+        for p in prompts:
+            self.encode_prompt(p)
+        names = [n for p in prompts for n in p.phrases]
+        spans = [s for p in prompts for s in p.spans] if len(prompts) == 1 else [[] for _ in names]
+        self.counters["queries"] += 1
+        return PreparedQuery(next(_query_ids), text if isinstance(text, str) else " . ".join(text), names, spans,
+                             prompts)
+
+    def encode_prompt(self, prompt: Prompt) -> TextFeatures:
+        key = prompt.caption
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self.counters["text_cache_hits"] += 1
+                return hit
+        with torch.inference_mode():
+            text = self.model.encode_text(prompt.input_ids.to(self.device), prompt.attention_mask.to(self.device))
+        self.counters["text_encodes"] += 1
+        with self._lock:
+            self._cache[key] = text
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return text
+
+    # -- frames -------------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def detect(self, images: Sequence[np.ndarray], query: PreparedQuery, score_threshold: float = 0.5,
+               min_size: Optional[int] = -1, max_size: Optional[int] = -1) -> List[List[Detection]]:
+        """Ground ``query`` in each image (RGB uint8 HxWx3). Boxes are in each image's original pixels."""
+        images = [validate_image(im) for im in images]
+        min_size = self.min_size if min_size == -1 else min_size
+        max_size = self.max_size if max_size == -1 else max_size
+        results: List[Optional[List[Detection]]] = [None] * len(images)
+        for group in self._groups(images, min_size, max_size):
+            cands, scales = self.candidates([images[i] for i in group], query, min_size, max_size)
+            for i, c, s in zip(group, cands, scales):
+                results[i] = finalize(c, s, query.phrases, score_threshold)
+        self.counters["frames"] += len(images)
+        return results  # type: ignore[return-value]
+
+    def _groups(self, images, min_size, max_size) -> List[List[int]]:
+        from .model import resize_shape
+
+        div = self.model.config.size_divisibility
+        groups: "OrderedDict[Tuple[int, int], List[int]]" = OrderedDict()
+        for i, im in enumerate(images):
+            h, w = resize_shape(im.shape[0], im.shape[1], min_size, max_size)
+            key = (-(-h // div) * div, -(-w // div) * div) if div > 0 else (h, w)
+            groups.setdefault(key, []).append(i)
+        return list(groups.values())
+
+    def candidates(self, images: Sequence[np.ndarray], query: PreparedQuery, min_size, max_size
+                   ) -> Tuple[List[Candidates], List[Tuple[float, float]]]:
+        """Final (post-NMS, top-k) candidates per image in resized-image pixels, and the scale back."""
+        cfg = self.model.config.head
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            batch, sizes, scales = self.model.preprocess(images, min_size, max_size, device=self.device)
+            t1 = time.perf_counter()
+            with self._autocast():
+                feats = self.model.encode_image(batch)
+            self.counters["image_forwards"] += 1
+            anchors = self.model.anchors(feats)
+            t2 = time.perf_counter()
+            per_image: List[List[Candidates]] = [[] for _ in images]
+            for out, prompt, idx in self._head_outputs(feats, query):
+                sel = head_candidates(out, anchors, prompt.token_lists, [sizes[i] for i in idx], self.model.box_coder,
+                                      cfg.pre_nms_thresh, cfg.pre_nms_top_n, label_offset=prompt.phrase_offset)
+                for i, c in zip(idx, sel):
+                    per_image[i].append(c)
+            t3 = time.perf_counter()
+            final = [select_candidates(Candidates.cat(c), cfg.nms_thresh, cfg.detections_per_img) for c in per_image]
+            t4 = time.perf_counter()
+        self.timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "head": t3 - t2, "postprocess": t4 - t3}
+        return final, scales
+
+    def _head_outputs(self, feats: List[torch.Tensor], query: PreparedQuery
+                      ) -> Iterator[Tuple[HeadOutputs, Prompt, List[int]]]:
+        """Yields (head outputs for a batch of images, the chunk's prompt, image indices)."""
+        head = self.model.rpn.head
+        n_img = feats[0].shape[0]
+        img_idx = list(range(n_img))
+        texts = [self.encode_prompt(p) for p in query.prompts]
+        if not head.early_fusion:
+            # No deep fusion: the visual tower does not depend on the text; run it once per frame.
+            with self._autocast():
+                visual, _ = head.run_tower(feats, texts[0])
+                bbox_reg, centerness = head.box_outputs(visual)
+            self.counters["head_forwards"] += 1
+            for p, t in zip(query.prompts, texts):
+                with self._autocast():
+                    proj, bias = head.token_projection(t.embedded.to(self.device))
+                    logits = head.alignment_logits(visual, proj.expand(n_img, -1, -1), bias.expand(n_img, -1))
+                yield HeadOutputs(logits, bbox_reg, centerness, head.cls_logits.out_channels), p, img_idx
+            return
+        for start in range(0, len(query.prompts), self.max_chunk_batch):
+            prompts = query.prompts[start:start + self.max_chunk_batch]
+            chunk_texts = texts[start:start + self.max_chunk_batch]
+            k = len(prompts)
+            if k == 1:
+                vis = feats
+                text = chunk_texts[0].repeat(n_img) if n_img > 1 else chunk_texts[0]
+            else:  # chunk-major batch: index = chunk * n_img + image
+                vis = [f.repeat(k, 1, 1, 1) for f in feats]
+                text = TextFeatures(
+                    torch.cat([t.hidden.expand(n_img, -1, -1) for t in chunk_texts]),
+                    torch.cat([t.embedded.expand(n_img, -1, -1) for t in chunk_texts]),
+                    torch.cat([t.masks.expand(n_img, -1) for t in chunk_texts]),
+                )
+            with self._autocast():
+                out = head(vis, text)
+            self.counters["head_forwards"] += 1
+            for j, p in enumerate(prompts):
+                sl = slice(j * n_img, (j + 1) * n_img)
+                yield HeadOutputs([x[sl] for x in out.logits], [x[sl] for x in out.bbox_reg],
+                                  [x[sl] for x in out.centerness], out.cls_width), p, img_idx
+
+    # -- misc ---------------------------------------------------------------------------------------------------
+    def warmup(self, size: Tuple[int, int] = (480, 640)) -> None:
+        q = self.prepare_query("object")
+        self.detect([np.zeros((size[0], size[1], 3), dtype=np.uint8)], q)
+
+    def device_memory_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        return 0
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()

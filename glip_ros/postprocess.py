@@ -1,0 +1,156 @@
+"""Head outputs -> detections, as GLIP's ``ATSSPostProcessor`` (``modeling/rpn/inference.py``) does it.
+
+Per level: sigmoid of the token logits, per-phrase score = MEAN of its tokens' probabilities, threshold on that
+probability (0.05) BEFORE centerness, ``pre_nms_top_n`` candidates by prob × sigmoid(centerness), decode (+1
+convention), clip to the resized image, score = sqrt(prob × centerness). Over levels (and prompt chunks): one
+class-aware NMS with +1 IoU (the GPU ``ml_nms``), then the best ``detections_per_img`` by ``kthvalue``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+from torchvision.ops import nms
+
+from .model.head import BoxCoder, HeadOutputs
+
+__all__ = ["Candidates", "phrase_scores", "level_candidates", "select_candidates", "finalize", "Detection"]
+
+
+@dataclass
+class Detection:
+    """One grounded box in ORIGINAL image pixels (x1, y1, x2, y2)."""
+
+    box_xyxy: Tuple[float, float, float, float]
+    score: float
+    phrase: str
+    phrase_index: int
+
+
+@dataclass
+class Candidates:
+    boxes: torch.Tensor  # [N, 4] xyxy in the resized image
+    scores: torch.Tensor  # [N] sqrt(prob × centerness)
+    labels: torch.Tensor  # [N] phrase index in the whole query (0-based)
+
+    @staticmethod
+    def cat(items: Sequence["Candidates"]) -> "Candidates":
+        return Candidates(torch.cat([c.boxes for c in items]), torch.cat([c.scores for c in items]),
+                          torch.cat([c.labels for c in items]))
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+
+def _gather_index(token_lists: Sequence[Sequence[int]], pad: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    kmax = max(1, max((len(t) for t in token_lists), default=1))
+    idx = torch.full((len(token_lists), kmax), pad, dtype=torch.long)
+    for j, toks in enumerate(token_lists):
+        if toks:
+            idx[j, : len(toks)] = torch.as_tensor(toks)
+    counts = torch.tensor([len(t) for t in token_lists], dtype=torch.float32)
+    return idx.to(device), counts.to(device)
+
+
+def phrase_scores(probs: torch.Tensor, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
+    """[B, N, T] token probabilities -> [B, N, P] mean over each phrase's tokens (SCORE_AGG MEAN).
+
+    Phrases with no token (cut off or unmappable) score 0 instead of the official NaN.
+    """
+    b, n, t = probs.shape
+    padded = torch.cat([probs, probs.new_zeros((b, n, 1))], dim=-1)  # index t is an exact zero
+    idx, counts = _gather_index(token_lists, t, probs.device)
+    g = padded[:, :, idx.view(-1)].view(b, n, idx.shape[0], idx.shape[1])
+    return g.sum(-1) / counts.clamp(min=1)
+
+
+def level_candidates(logits: torch.Tensor, bbox_reg: torch.Tensor, centerness: torch.Tensor, anchors: torch.Tensor,
+                     token_lists: Sequence[Sequence[int]], image_sizes: Sequence[Tuple[int, int]], box_coder: BoxCoder,
+                     pre_nms_thresh: float, pre_nms_top_n: int, label_offset: int = 0) -> List[Candidates]:
+    """One pyramid level, every image of the batch (``forward_for_single_feature_map``)."""
+    logits = logits.float()
+    n_img = logits.shape[0]
+    scores = phrase_scores(logits.sigmoid(), token_lists)  # [B, HW, P]
+    reg = bbox_reg.float().flatten(2).transpose(1, 2)  # [B, HW, 4]
+    ctr = centerness.float().flatten(1).sigmoid()  # [B, HW]
+    cand = scores > pre_nms_thresh
+    top_n = cand.reshape(n_img, -1).sum(1).clamp(max=pre_nms_top_n)
+    weighted = scores * ctr[:, :, None]
+    out = []
+    for i in range(n_img):
+        vals = weighted[i][cand[i]]
+        k = int(top_n[i])
+        vals, top = vals.topk(k, sorted=False)
+        nz = cand[i].nonzero()[top]
+        loc, cls = nz[:, 0], nz[:, 1]
+        boxes = box_coder.decode(reg[i][loc].view(-1, 4), anchors[loc].view(-1, 4))
+        h, w = image_sizes[i]
+        # BoxList.clip_to_image(remove_empty=False), TO_REMOVE = 1
+        boxes[:, 0].clamp_(min=0, max=w - 1)
+        boxes[:, 1].clamp_(min=0, max=h - 1)
+        boxes[:, 2].clamp_(min=0, max=w - 1)
+        boxes[:, 3].clamp_(min=0, max=h - 1)
+        keep = ((boxes[:, 2] - boxes[:, 0] + 1) >= 0) & ((boxes[:, 3] - boxes[:, 1] + 1) >= 0)  # min_size 0
+        out.append(Candidates(boxes[keep], torch.sqrt(vals[keep]), cls[keep] + label_offset))
+    return out
+
+
+def head_candidates(out: HeadOutputs, anchors: Sequence[torch.Tensor], token_lists: Sequence[Sequence[int]],
+                    image_sizes: Sequence[Tuple[int, int]], box_coder: BoxCoder, pre_nms_thresh: float,
+                    pre_nms_top_n: int, label_offset: int = 0) -> List[Candidates]:
+    """All levels of one head output, concatenated per image in level order (``cat_boxlist``)."""
+    per_level = [
+        level_candidates(out.logits[lv], out.bbox_reg[lv], out.centerness[lv], anchors[lv], token_lists, image_sizes,
+                         box_coder, pre_nms_thresh, pre_nms_top_n, label_offset)
+        for lv in range(len(out.logits))
+    ]
+    return [Candidates.cat([lvl[i] for lvl in per_level]) for i in range(len(image_sizes))]
+
+
+def class_aware_nms(c: Candidates, thresh: float, vanilla_max_classes: int = 64) -> torch.Tensor:
+    """Kept indices, ascending (as ``ml_nms``). IoU uses +1 widths: boxes are shifted by +1 at x2/y2."""
+    if len(c) == 0:
+        return torch.zeros(0, dtype=torch.long, device=c.scores.device)
+    boxes = c.boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=c.boxes.device)
+    labels = c.labels
+    uniq = labels.unique()
+    if uniq.numel() <= vanilla_max_classes:
+        # Per class: bit-exact IoU (no coordinate offset trick).
+        keep = [torch.nonzero(labels == u).squeeze(1)[nms(boxes[labels == u], c.scores[labels == u], thresh)]
+                for u in uniq]
+        keep_t = torch.cat(keep)
+    else:
+        offsets = labels.to(boxes.dtype) * (boxes.max() + 2)
+        keep_t = nms(boxes + offsets[:, None], c.scores, thresh)
+    return keep_t.sort().values
+
+
+def select_candidates(c: Candidates, nms_thresh: float, detections_per_img: int) -> Candidates:
+    """``select_over_all_levels``: class-aware NMS then keep the top ``detections_per_img`` (ties kept)."""
+    keep = class_aware_nms(c, nms_thresh)
+    c = Candidates(c.boxes[keep], c.scores[keep], c.labels[keep])
+    n = len(c)
+    if n > detections_per_img > 0:
+        thresh, _ = torch.kthvalue(c.scores.cpu().float(), n - detections_per_img + 1)
+        keep = torch.nonzero(c.scores >= thresh.item()).squeeze(1)
+        c = Candidates(c.boxes[keep], c.scores[keep], c.labels[keep])
+    return c
+
+
+def finalize(c: Candidates, scale: Tuple[float, float], phrases: Sequence[str], score_threshold: float) -> List[Detection]:
+    """Boxes back to original pixels (``BoxList.resize``), threshold (score > thr), sorted by score."""
+    sx, sy = scale
+    keep = c.scores > score_threshold
+    boxes = c.boxes[keep].cpu().float()
+    # BoxList.resize: float32 coordinates times python-float ratios, x and y separately.
+    boxes = torch.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, boxes[:, 2] * sx, boxes[:, 3] * sy], dim=1)
+    scores = c.scores[keep].cpu().float()
+    labels = c.labels[keep].cpu()
+    order = torch.argsort(scores, descending=True, stable=True)
+    dets = []
+    for i in order.tolist():
+        lab = int(labels[i])
+        dets.append(Detection(tuple(float(v) for v in boxes[i]), float(scores[i]), phrases[lab], lab))
+    return dets

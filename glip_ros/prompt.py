@@ -1,0 +1,214 @@
+"""Queries -> GLIP prompts: caption, phrases, character spans, token positive map, chunks of ≤ 256 tokens.
+
+Three ways a user asks:
+* a query string of phrases separated by periods/commas/semicolons (``"red mug. laptop, blue chair"``):
+  the caption is the string itself and each phrase is located in it (official ``custom_entity`` spans);
+* a list of phrases: the official demo's caption ``"p1 . p2 . "`` with one span per phrase;
+* a sentence with explicit ``phrases`` (phrase grounding, as the demo's entities): every occurrence of each
+  phrase in the caption is a span of that phrase; (start, end) character spans are accepted too.
+Prompts longer than 256 tokens are split into chunks of whole phrases, as the official LVIS evaluation does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = ["QueryError", "Prompt", "split_query", "build_prompt", "build_prompts", "get_tokenizer"]
+
+MAX_QUERY_LEN = 256
+_SEPARATORS = re.compile(r"[.,;\n]")
+PhraseSpec = Union[str, Tuple[int, int], Sequence[Tuple[int, int]]]
+
+
+class QueryError(ValueError):
+    """A query that cannot be turned into a prompt; the message says why (for logs and service answers)."""
+
+
+def get_tokenizer():
+    from .model.language import get_tokenizer as _get
+
+    return _get()
+
+
+@dataclass
+class Prompt:
+    caption: str
+    phrases: List[str]
+    spans: List[List[Tuple[int, int]]]
+    input_ids: torch.Tensor  # [1, max_len]
+    attention_mask: torch.Tensor  # [1, max_len]
+    positive_map: torch.Tensor  # [P, max_len] binary (1 on each phrase's tokens)
+    token_lists: List[List[int]] = field(default_factory=list)  # official positive_map_label_to_token, 0-based
+    phrase_offset: int = 0  # index of this chunk's first phrase in the whole query
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def split_query(query: str) -> List[str]:
+    """Phrases of a query string: separators are periods, commas, semicolons and newlines."""
+    if not isinstance(query, str):
+        raise QueryError(f"query must be a string, got {type(query).__name__}")
+    return [" ".join(p.split()) for p in _SEPARATORS.split(query) if p.strip() and _has_word(p)]
+
+
+def _has_word(s: str) -> bool:
+    return any(ch.isalnum() for ch in s)
+
+
+def _locate(caption: str, phrase: str, start: int) -> Optional[Tuple[int, int]]:
+    """Find ``phrase`` in ``caption`` from ``start``, tolerating different whitespace."""
+    pattern = r"\s+".join(re.escape(w) for w in phrase.split())
+    m = re.compile(pattern).search(caption, start) or re.compile(pattern, re.IGNORECASE).search(caption, start)
+    return (m.start(), m.end()) if m else None
+
+
+def _token_positions(encoding, spans: List[Tuple[int, int]], max_len: int) -> List[int]:
+    """Official ``create_positive_map`` char->token mapping, with its +1/+2 and -2/-3 fallbacks."""
+    toks: List[int] = []
+
+    def c2t(i: int) -> Optional[int]:
+        try:
+            return encoding.char_to_token(i)
+        except Exception:  # noqa: BLE001 - the official code treats any failure as "no token"
+            return None
+
+    for beg, end in spans:
+        b = c2t(beg)
+        e = c2t(end - 1)
+        if b is None:
+            b = c2t(beg + 1)
+            if b is None:
+                b = c2t(beg + 2)
+        if e is None:
+            e = c2t(end - 2)
+            if e is None:
+                e = c2t(end - 3)
+        if b is None or e is None:
+            continue
+        toks.extend(range(b, min(e, max_len - 1) + 1))
+    return sorted(set(t for t in toks if t < max_len))
+
+
+def _encode(caption: str, phrases: List[str], spans: List[List[Tuple[int, int]]], tokenizer, max_len: int,
+            phrase_offset: int = 0) -> Prompt:
+    full = tokenizer(caption, add_special_tokens=True)
+    if len(full["input_ids"]) > max_len:
+        raise QueryError(f"prompt has {len(full['input_ids'])} tokens, more than {max_len}")
+    enc = tokenizer([caption], max_length=max_len, padding="max_length", truncation=True, return_tensors="pt")
+    token_lists = [_token_positions(enc, s, max_len) for s in spans]
+    pm = torch.zeros((len(phrases), max_len), dtype=torch.float32)
+    for j, toks in enumerate(token_lists):
+        if toks:
+            pm[j, toks] = 1.0
+    return Prompt(caption, list(phrases), [list(s) for s in spans], enc["input_ids"], enc["attention_mask"], pm,
+                  token_lists, phrase_offset)
+
+
+def _num_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_prompts(query: Union[str, Sequence[str]], tokenizer=None, phrases: Optional[Sequence[PhraseSpec]] = None,
+                  max_len: int = MAX_QUERY_LEN) -> List[Prompt]:
+    """A query -> one prompt, or several chunks when it does not fit in ``max_len`` tokens.
+
+    Raises :class:`QueryError` for an empty query, one with no words, a phrase not found in the caption, or a
+    single phrase too long for a prompt of its own.
+    """
+    tokenizer = tokenizer or get_tokenizer()
+    if isinstance(query, (list, tuple)):
+        names = [" ".join(str(p).split()) for p in query if isinstance(p, str) and _has_word(p)]
+        if not names:
+            raise QueryError("the phrase list is empty (no phrase has a letter or digit)")
+        caption, spans = "", []
+        for w in names:  # official demo caption for a list: "w1 . w2 . "
+            spans.append([(len(caption), len(caption) + len(w))])
+            caption += w + " . "
+        return _chunked(caption, names, spans, tokenizer, max_len)
+    if not isinstance(query, str):
+        raise QueryError(f"query must be a string or a list of strings, got {type(query).__name__}")
+    if not query.strip():
+        raise QueryError("the query is empty")
+    if phrases is not None:
+        names, spans = [], []
+        for p in phrases:
+            if isinstance(p, str):
+                found, pos = [], 0
+                while True:
+                    s = _locate(query, p, pos)
+                    if s is None:
+                        break
+                    found.append(s)
+                    pos = s[1]
+                if not found:
+                    raise QueryError(f"phrase {p!r} does not occur in the caption")
+                names.append(" ".join(p.split()))
+                spans.append(found)
+            else:
+                sp = [tuple(p)] if len(p) == 2 and all(isinstance(x, int) for x in p) else [tuple(x) for x in p]
+                for b, e in sp:
+                    if not (0 <= b < e <= len(query)):
+                        raise QueryError(f"span ({b}, {e}) is outside the caption (length {len(query)})")
+                names.append(query[sp[0][0]:sp[0][1]])
+                spans.append(sp)
+        if not names:
+            raise QueryError("no phrases given")
+        return _chunked(query, names, spans, tokenizer, max_len)
+    names = split_query(query)
+    if not names:
+        raise QueryError(f"the query has no words, only punctuation or spaces: {query[:40]!r}")
+    spans, pos = [], 0
+    for p in names:
+        s = _locate(query, p, pos)
+        assert s is not None, (query, p)
+        spans.append([s])
+        pos = s[1]
+    return _chunked(query, names, spans, tokenizer, max_len)
+
+
+def _chunked(caption: str, names: List[str], spans: List[List[Tuple[int, int]]], tokenizer,
+             max_len: int) -> List[Prompt]:
+    n_tok = len(tokenizer(caption, add_special_tokens=True)["input_ids"])
+    if n_tok <= max_len:
+        return [_encode(caption, names, spans, tokenizer, max_len)]
+    # Too long: chunks of whole phrases, each captioned "p1. p2. … pk." (the official training/eval separator).
+    budget = max_len - 2  # [CLS] and [SEP]
+    chunks: List[List[int]] = []
+    cur: List[int] = []
+    used = 0
+    for i, name in enumerate(names):
+        cost = _num_tokens(tokenizer, name) + 1  # the phrase and its "."
+        if cost > budget:
+            raise QueryError(f"phrase {i + 1} ({name[:40]!r}…) alone needs {cost} tokens; a prompt holds {budget}")
+        if used + cost > budget and cur:
+            chunks.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += cost
+    if cur:
+        chunks.append(cur)
+    prompts = []
+    for idx in chunks:
+        cap, sp = "", []
+        for i in idx:
+            if cap:
+                cap += " "
+            sp.append([(len(cap), len(cap) + len(names[i]))])
+            cap += names[i] + "."
+        prompts.append(_encode(cap, [names[i] for i in idx], sp, tokenizer, max_len, phrase_offset=idx[0]))
+    return prompts
+
+
+def build_prompt(query: Union[str, Sequence[str]], tokenizer=None, phrases: Optional[Sequence[PhraseSpec]] = None,
+                 max_len: int = MAX_QUERY_LEN) -> Prompt:
+    """Like :func:`build_prompts` for a query that must fit in one prompt."""
+    prompts = build_prompts(query, tokenizer, phrases, max_len)
+    if len(prompts) != 1:
+        raise QueryError(f"the query needs {len(prompts)} prompts of {max_len} tokens; use build_prompts")
+    return prompts[0]
