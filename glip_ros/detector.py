@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,25 +18,47 @@ class GLIPDetector:
         self.engine = GroundingEngine(model, device=device, precision=precision, **engine_kwargs)
 
     @classmethod
-    def from_checkpoint(cls, path: Optional[str] = None, preset: Optional[str] = None, config: Optional[str] = None,
-                        bert_config: Optional[str] = None, device: str = "cpu", precision: str = "fp32",
-                        **engine_kwargs) -> "GLIPDetector":
+    def from_checkpoint(
+        cls,
+        path: str | None = None,
+        preset: str | None = None,
+        config: str | None = None,
+        bert_config: str | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        **engine_kwargs,
+    ) -> GLIPDetector:
         det = cls.__new__(cls)
-        det.engine = GroundingEngine.from_checkpoint(path, preset=preset, config=config, bert_config=bert_config,
-                                                     device=device, precision=precision, **engine_kwargs)
+        det.engine = GroundingEngine.from_checkpoint(
+            path,
+            preset=preset,
+            config=config,
+            bert_config=bert_config,
+            device=device,
+            precision=precision,
+            **engine_kwargs,
+        )
         return det
 
     @property
     def model(self) -> GLIPModel:
         return self.engine.model
 
-    def predict(self, image: np.ndarray, query, score_threshold: float = 0.5, min_size: Optional[int] = 800,
-                max_size: Optional[int] = 1333, phrases: Optional[Sequence] = None) -> List[Detection]:
+    def predict(
+        self,
+        image: np.ndarray,
+        query,
+        score_threshold: float = 0.5,
+        min_size: int | None = 800,
+        max_size: int | None = 1333,
+        phrases: Sequence | None = None,
+    ) -> list[Detection]:
         """Detections (original pixels, sorted by score) of ``query`` in an RGB uint8 image.
 
         ``query``: "phrase. phrase, phrase", a list of phrases, or a sentence with ``phrases`` to ground.
         ``min_size=None`` runs the image at its own size. Grayscale is replicated to RGB and alpha dropped.
         """
         q = self.engine.prepare_query(query, phrases=phrases)
-        return self.engine.detect([image], q, score_threshold=score_threshold, min_size=min_size,
-                                  max_size=max_size)[0]
+        return self.engine.detect(
+            [image], q, score_threshold=score_threshold, min_size=min_size, max_size=max_size
+        )[0]

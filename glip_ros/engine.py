@@ -14,8 +14,8 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,8 +26,15 @@ from .model.language import TextFeatures
 from .postprocess import Candidates, Detection, finalize, head_candidates, select_candidates
 from .prompt import Prompt, QueryError, build_prompts, get_tokenizer
 
-__all__ = ["GroundingEngine", "PreparedQuery", "QueryError", "ImageError", "Detection", "validate_image",
-           "DEFAULT_CHECKPOINT"]
+__all__ = [
+    "GroundingEngine",
+    "PreparedQuery",
+    "QueryError",
+    "ImageError",
+    "Detection",
+    "validate_image",
+    "DEFAULT_CHECKPOINT",
+]
 
 _query_ids = itertools.count(1)
 
@@ -72,9 +79,9 @@ def validate_image(image: np.ndarray) -> np.ndarray:
 class PreparedQuery:
     query_id: int
     text: str
-    phrases: List[str]
-    spans: List[List[Tuple[int, int]]]
-    prompts: List[Prompt] = field(repr=False)
+    phrases: list[str]
+    spans: list[list[tuple[int, int]]]
+    prompts: list[Prompt] = field(repr=False)
 
     @property
     def caption(self) -> str:
@@ -86,9 +93,17 @@ class PreparedQuery:
 
 
 class GroundingEngine:
-    def __init__(self, model: GLIPModel, device: str = "cpu", precision: str = "fp32", text_cache_size: int = 16,
-                 min_size: Optional[int] = -1, max_size: Optional[int] = -1, max_chunk_batch: int = 8,
-                 max_query_chars: int = 50000):
+    def __init__(
+        self,
+        model: GLIPModel,
+        device: str = "cpu",
+        precision: str = "fp32",
+        text_cache_size: int = 16,
+        min_size: int | None = -1,
+        max_size: int | None = -1,
+        max_chunk_batch: int = 8,
+        max_query_chars: int = 50000,
+    ):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         self.device = torch.device(device)
@@ -103,18 +118,33 @@ class GroundingEngine:
         self.max_chunk_batch = max(1, int(max_chunk_batch))
         self.max_query_chars = int(max_query_chars)
         self.tokenizer = get_tokenizer()
-        self._cache: "OrderedDict[str, TextFeatures]" = OrderedDict()
+        self._cache: OrderedDict[str, TextFeatures] = OrderedDict()
         self._cache_size = max(1, int(text_cache_size))
         self._lock = threading.RLock()
-        self.counters: Dict[str, int] = {k: 0 for k in ("text_encodes", "text_cache_hits", "image_forwards",
-                                                         "head_forwards", "frames", "queries")}
-        self.timings: Dict[str, float] = {}
+        self.counters: dict[str, int] = {
+            k: 0
+            for k in (
+                "text_encodes",
+                "text_cache_hits",
+                "image_forwards",
+                "head_forwards",
+                "frames",
+                "queries",
+            )
+        }
+        self.timings: dict[str, float] = {}
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, checkpoint: Optional[str] = None, preset: Optional[str] = None,
-                        config: Optional[str] = None, bert_config: Optional[str] = None, strict: bool = True,
-                        **kwargs) -> "GroundingEngine":
+    def from_checkpoint(
+        cls,
+        checkpoint: str | None = None,
+        preset: str | None = None,
+        config: str | None = None,
+        bert_config: str | None = None,
+        strict: bool = True,
+        **kwargs,
+    ) -> GroundingEngine:
         """``checkpoint`` None/"" means the embedded default model. The architecture comes from ``preset`` or
         ``config`` (an official YAML), else from the checkpoint's own metadata (files saved by glip_ros)."""
         import os
@@ -122,14 +152,18 @@ class GroundingEngine:
         path = checkpoint or DEFAULT_CHECKPOINT
         if not os.path.isfile(path):
             if not checkpoint:
-                raise FileNotFoundError(f"the embedded default model is missing ({path}); pass a checkpoint path")
+                raise FileNotFoundError(
+                    f"the embedded default model is missing ({path}); pass a checkpoint path"
+                )
             raise FileNotFoundError(f"checkpoint not found: {path}")
         spec = config or preset
         if spec is None:
             spec = read_checkpoint_config(path)
             if spec is None:
-                raise ValueError(f"{path} carries no model config: say which architecture it is with a preset "
-                                 "(glip_t_a, glip_t, glip_l, …) or an official config YAML")
+                raise ValueError(
+                    f"{path} carries no model config: say which architecture it is with a preset "
+                    "(glip_t_a, glip_t, glip_l, …) or an official config YAML"
+                )
         model = build_model(spec, bert_config=bert_config)
         load_checkpoint(model, path, strict=strict)
         return cls(model, **kwargs)
@@ -143,16 +177,20 @@ class GroundingEngine:
             except UnicodeDecodeError as e:
                 raise QueryError(f"query is not valid UTF-8: {e}") from None
         if isinstance(text, str) and len(text) > self.max_query_chars:
-            raise QueryError(f"query has {len(text)} characters, more than max_query_chars={self.max_query_chars}")
-        prompts = build_prompts(text, self.tokenizer, phrases=phrases,
-                                max_len=self.model.config.language.max_query_len)
+            raise QueryError(
+                f"query has {len(text)} characters, more than max_query_chars={self.max_query_chars}"
+            )
+        prompts = build_prompts(
+            text, self.tokenizer, phrases=phrases, max_len=self.model.config.language.max_query_len
+        )
         for p in prompts:
             self.encode_prompt(p)
         names = [n for p in prompts for n in p.phrases]
         spans = [s for p in prompts for s in p.spans] if len(prompts) == 1 else [[] for _ in names]
         self.counters["queries"] += 1
-        return PreparedQuery(next(_query_ids), text if isinstance(text, str) else " . ".join(text), names, spans,
-                             prompts)
+        return PreparedQuery(
+            next(_query_ids), text if isinstance(text, str) else " . ".join(text), names, spans, prompts
+        )
 
     def encode_prompt(self, prompt: Prompt) -> TextFeatures:
         key = prompt.caption
@@ -163,7 +201,9 @@ class GroundingEngine:
                 self.counters["text_cache_hits"] += 1
                 return hit
         with torch.inference_mode():
-            text = self.model.encode_text(prompt.input_ids.to(self.device), prompt.attention_mask.to(self.device))
+            text = self.model.encode_text(
+                prompt.input_ids.to(self.device), prompt.attention_mask.to(self.device)
+            )
         self.counters["text_encodes"] += 1
         with self._lock:
             self._cache[key] = text
@@ -178,33 +218,40 @@ class GroundingEngine:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def detect(self, images: Sequence[np.ndarray], query: PreparedQuery, score_threshold: float = 0.5,
-               min_size: Optional[int] = -1, max_size: Optional[int] = -1) -> List[List[Detection]]:
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        query: PreparedQuery,
+        score_threshold: float = 0.5,
+        min_size: int | None = -1,
+        max_size: int | None = -1,
+    ) -> list[list[Detection]]:
         """Ground ``query`` in each image (RGB uint8 HxWx3). Boxes are in each image's original pixels."""
         images = [validate_image(im) for im in images]
         min_size = self.min_size if min_size == -1 else min_size
         max_size = self.max_size if max_size == -1 else max_size
-        results: List[Optional[List[Detection]]] = [None] * len(images)
+        results: list[list[Detection] | None] = [None] * len(images)
         for group in self._groups(images, min_size, max_size):
             cands, scales = self.candidates([images[i] for i in group], query, min_size, max_size)
-            for i, c, s in zip(group, cands, scales):
+            for i, c, s in zip(group, cands, scales, strict=False):
                 results[i] = finalize(c, s, query.phrases, score_threshold)
         self.counters["frames"] += len(images)
         return results  # type: ignore[return-value]
 
-    def _groups(self, images, min_size, max_size) -> List[List[int]]:
+    def _groups(self, images, min_size, max_size) -> list[list[int]]:
         from .model import resize_shape
 
         div = self.model.config.size_divisibility
-        groups: "OrderedDict[Tuple[int, int], List[int]]" = OrderedDict()
+        groups: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
         for i, im in enumerate(images):
             h, w = resize_shape(im.shape[0], im.shape[1], min_size, max_size)
             key = (-(-h // div) * div, -(-w // div) * div) if div > 0 else (h, w)
             groups.setdefault(key, []).append(i)
         return list(groups.values())
 
-    def candidates(self, images: Sequence[np.ndarray], query: PreparedQuery, min_size, max_size
-                   ) -> Tuple[List[Candidates], List[Tuple[float, float]]]:
+    def candidates(
+        self, images: Sequence[np.ndarray], query: PreparedQuery, min_size, max_size
+    ) -> tuple[list[Candidates], list[tuple[float, float]]]:
         """Final (post-NMS, top-k) candidates per image in resized-image pixels, and the scale back."""
         cfg = self.model.config.head
         t0 = time.perf_counter()
@@ -216,20 +263,32 @@ class GroundingEngine:
             self.counters["image_forwards"] += 1
             anchors = self.model.anchors(feats)
             t2 = time.perf_counter()
-            per_image: List[List[Candidates]] = [[] for _ in images]
+            per_image: list[list[Candidates]] = [[] for _ in images]
             for out, prompt, idx in self._head_outputs(feats, query):
-                sel = head_candidates(out, anchors, prompt.token_lists, [sizes[i] for i in idx], self.model.box_coder,
-                                      cfg.pre_nms_thresh, cfg.pre_nms_top_n, label_offset=prompt.phrase_offset)
-                for i, c in zip(idx, sel):
+                sel = head_candidates(
+                    out,
+                    anchors,
+                    prompt.token_lists,
+                    [sizes[i] for i in idx],
+                    self.model.box_coder,
+                    cfg.pre_nms_thresh,
+                    cfg.pre_nms_top_n,
+                    label_offset=prompt.phrase_offset,
+                )
+                for i, c in zip(idx, sel, strict=False):
                     per_image[i].append(c)
             t3 = time.perf_counter()
-            final = [select_candidates(Candidates.cat(c), cfg.nms_thresh, cfg.detections_per_img) for c in per_image]
+            final = [
+                select_candidates(Candidates.cat(c), cfg.nms_thresh, cfg.detections_per_img)
+                for c in per_image
+            ]
             t4 = time.perf_counter()
         self.timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "head": t3 - t2, "postprocess": t4 - t3}
         return final, scales
 
-    def _head_outputs(self, feats: List[torch.Tensor], query: PreparedQuery
-                      ) -> Iterator[Tuple[HeadOutputs, Prompt, List[int]]]:
+    def _head_outputs(
+        self, feats: list[torch.Tensor], query: PreparedQuery
+    ) -> Iterator[tuple[HeadOutputs, Prompt, list[int]]]:
         """Yields (head outputs for a batch of images, the chunk's prompt, image indices)."""
         head = self.model.rpn.head
         n_img = feats[0].shape[0]
@@ -241,15 +300,15 @@ class GroundingEngine:
                 visual, _ = head.run_tower(feats, texts[0])
                 bbox_reg, centerness = head.box_outputs(visual)
             self.counters["head_forwards"] += 1
-            for p, t in zip(query.prompts, texts):
+            for p, t in zip(query.prompts, texts, strict=False):
                 with self._autocast():
                     proj, bias = head.token_projection(t.embedded.to(self.device))
                     logits = head.alignment_logits(visual, proj.expand(n_img, -1, -1), bias.expand(n_img, -1))
                 yield HeadOutputs(logits, bbox_reg, centerness, head.cls_logits.out_channels), p, img_idx
             return
         for start in range(0, len(query.prompts), self.max_chunk_batch):
-            prompts = query.prompts[start:start + self.max_chunk_batch]
-            chunk_texts = texts[start:start + self.max_chunk_batch]
+            prompts = query.prompts[start : start + self.max_chunk_batch]
+            chunk_texts = texts[start : start + self.max_chunk_batch]
             k = len(prompts)
             if k == 1:
                 vis = feats
@@ -266,11 +325,19 @@ class GroundingEngine:
             self.counters["head_forwards"] += 1
             for j, p in enumerate(prompts):
                 sl = slice(j * n_img, (j + 1) * n_img)
-                yield HeadOutputs([x[sl] for x in out.logits], [x[sl] for x in out.bbox_reg],
-                                  [x[sl] for x in out.centerness], out.cls_width), p, img_idx
+                yield (
+                    HeadOutputs(
+                        [x[sl] for x in out.logits],
+                        [x[sl] for x in out.bbox_reg],
+                        [x[sl] for x in out.centerness],
+                        out.cls_width,
+                    ),
+                    p,
+                    img_idx,
+                )
 
     # -- misc ---------------------------------------------------------------------------------------------------
-    def warmup(self, size: Tuple[int, int] = (480, 640)) -> None:
+    def warmup(self, size: tuple[int, int] = (480, 640)) -> None:
         q = self.prepare_query("object")
         self.detect([np.zeros((size[0], size[1], 3), dtype=np.uint8)], q)
 

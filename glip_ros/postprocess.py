@@ -8,8 +8,8 @@ class-aware NMS with +1 IoU (the GPU ``ml_nms``), then the best ``detections_per
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import torch
 from torchvision.ops import nms
@@ -23,7 +23,7 @@ __all__ = ["Candidates", "phrase_scores", "level_candidates", "select_candidates
 class Detection:
     """One grounded box in ORIGINAL image pixels (x1, y1, x2, y2)."""
 
-    box_xyxy: Tuple[float, float, float, float]
+    box_xyxy: tuple[float, float, float, float]
     score: float
     phrase: str
     phrase_index: int
@@ -36,15 +36,20 @@ class Candidates:
     labels: torch.Tensor  # [N] phrase index in the whole query (0-based)
 
     @staticmethod
-    def cat(items: Sequence["Candidates"]) -> "Candidates":
-        return Candidates(torch.cat([c.boxes for c in items]), torch.cat([c.scores for c in items]),
-                          torch.cat([c.labels for c in items]))
+    def cat(items: Sequence[Candidates]) -> Candidates:
+        return Candidates(
+            torch.cat([c.boxes for c in items]),
+            torch.cat([c.scores for c in items]),
+            torch.cat([c.labels for c in items]),
+        )
 
     def __len__(self) -> int:
         return int(self.scores.numel())
 
 
-def _gather_index(token_lists: Sequence[Sequence[int]], pad: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _gather_index(
+    token_lists: Sequence[Sequence[int]], pad: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     kmax = max(1, max((len(t) for t in token_lists), default=1))
     idx = torch.full((len(token_lists), kmax), pad, dtype=torch.long)
     for j, toks in enumerate(token_lists):
@@ -66,9 +71,18 @@ def phrase_scores(probs: torch.Tensor, token_lists: Sequence[Sequence[int]]) -> 
     return g.sum(-1) / counts.clamp(min=1)
 
 
-def level_candidates(logits: torch.Tensor, bbox_reg: torch.Tensor, centerness: torch.Tensor, anchors: torch.Tensor,
-                     token_lists: Sequence[Sequence[int]], image_sizes: Sequence[Tuple[int, int]], box_coder: BoxCoder,
-                     pre_nms_thresh: float, pre_nms_top_n: int, label_offset: int = 0) -> List[Candidates]:
+def level_candidates(
+    logits: torch.Tensor,
+    bbox_reg: torch.Tensor,
+    centerness: torch.Tensor,
+    anchors: torch.Tensor,
+    token_lists: Sequence[Sequence[int]],
+    image_sizes: Sequence[tuple[int, int]],
+    box_coder: BoxCoder,
+    pre_nms_thresh: float,
+    pre_nms_top_n: int,
+    label_offset: int = 0,
+) -> list[Candidates]:
     """One pyramid level, every image of the batch (``forward_for_single_feature_map``)."""
     logits = logits.float()
     n_img = logits.shape[0]
@@ -97,13 +111,30 @@ def level_candidates(logits: torch.Tensor, bbox_reg: torch.Tensor, centerness: t
     return out
 
 
-def head_candidates(out: HeadOutputs, anchors: Sequence[torch.Tensor], token_lists: Sequence[Sequence[int]],
-                    image_sizes: Sequence[Tuple[int, int]], box_coder: BoxCoder, pre_nms_thresh: float,
-                    pre_nms_top_n: int, label_offset: int = 0) -> List[Candidates]:
+def head_candidates(
+    out: HeadOutputs,
+    anchors: Sequence[torch.Tensor],
+    token_lists: Sequence[Sequence[int]],
+    image_sizes: Sequence[tuple[int, int]],
+    box_coder: BoxCoder,
+    pre_nms_thresh: float,
+    pre_nms_top_n: int,
+    label_offset: int = 0,
+) -> list[Candidates]:
     """All levels of one head output, concatenated per image in level order (``cat_boxlist``)."""
     per_level = [
-        level_candidates(out.logits[lv], out.bbox_reg[lv], out.centerness[lv], anchors[lv], token_lists, image_sizes,
-                         box_coder, pre_nms_thresh, pre_nms_top_n, label_offset)
+        level_candidates(
+            out.logits[lv],
+            out.bbox_reg[lv],
+            out.centerness[lv],
+            anchors[lv],
+            token_lists,
+            image_sizes,
+            box_coder,
+            pre_nms_thresh,
+            pre_nms_top_n,
+            label_offset,
+        )
         for lv in range(len(out.logits))
     ]
     return [Candidates.cat([lvl[i] for lvl in per_level]) for i in range(len(image_sizes))]
@@ -118,8 +149,10 @@ def class_aware_nms(c: Candidates, thresh: float, vanilla_max_classes: int = 64)
     uniq = labels.unique()
     if uniq.numel() <= vanilla_max_classes:
         # Per class: bit-exact IoU (no coordinate offset trick).
-        keep = [torch.nonzero(labels == u).squeeze(1)[nms(boxes[labels == u], c.scores[labels == u], thresh)]
-                for u in uniq]
+        keep = [
+            torch.nonzero(labels == u).squeeze(1)[nms(boxes[labels == u], c.scores[labels == u], thresh)]
+            for u in uniq
+        ]
         keep_t = torch.cat(keep)
     else:
         offsets = labels.to(boxes.dtype) * (boxes.max() + 2)
@@ -139,7 +172,9 @@ def select_candidates(c: Candidates, nms_thresh: float, detections_per_img: int)
     return c
 
 
-def finalize(c: Candidates, scale: Tuple[float, float], phrases: Sequence[str], score_threshold: float) -> List[Detection]:
+def finalize(
+    c: Candidates, scale: tuple[float, float], phrases: Sequence[str], score_threshold: float
+) -> list[Detection]:
     """Boxes back to original pixels (``BoxList.resize``), threshold (score > thr), sorted by score."""
     sx, sy = scale
     keep = c.scores > score_threshold

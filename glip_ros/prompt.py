@@ -12,8 +12,9 @@ Prompts longer than 256 tokens are split into chunks of whole phrases, as the of
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Union
 
 import torch
 
@@ -21,7 +22,7 @@ __all__ = ["QueryError", "Prompt", "split_query", "build_prompt", "build_prompts
 
 MAX_QUERY_LEN = 256
 _SEPARATORS = re.compile(r"[.,;\n]")
-PhraseSpec = Union[str, Tuple[int, int], Sequence[Tuple[int, int]]]
+PhraseSpec = Union[str, tuple[int, int], Sequence[tuple[int, int]]]
 
 
 class QueryError(ValueError):
@@ -37,12 +38,14 @@ def get_tokenizer():
 @dataclass
 class Prompt:
     caption: str
-    phrases: List[str]
-    spans: List[List[Tuple[int, int]]]
+    phrases: list[str]
+    spans: list[list[tuple[int, int]]]
     input_ids: torch.Tensor  # [1, max_len]
     attention_mask: torch.Tensor  # [1, max_len]
     positive_map: torch.Tensor  # [P, max_len] binary (1 on each phrase's tokens)
-    token_lists: List[List[int]] = field(default_factory=list)  # official positive_map_label_to_token, 0-based
+    token_lists: list[list[int]] = field(
+        default_factory=list
+    )  # official positive_map_label_to_token, 0-based
     phrase_offset: int = 0  # index of this chunk's first phrase in the whole query
 
     @property
@@ -50,7 +53,7 @@ class Prompt:
         return int(self.attention_mask.sum())
 
 
-def split_query(query: str) -> List[str]:
+def split_query(query: str) -> list[str]:
     """Phrases of a query string: separators are periods, commas, semicolons and newlines."""
     if not isinstance(query, str):
         raise QueryError(f"query must be a string, got {type(query).__name__}")
@@ -61,18 +64,20 @@ def _has_word(s: str) -> bool:
     return any(ch.isalnum() for ch in s)
 
 
-def _locate(caption: str, phrase: str, start: int) -> Optional[Tuple[int, int]]:
+def _locate(caption: str, phrase: str, start: int) -> tuple[int, int] | None:
     """Find ``phrase`` in ``caption`` from ``start``, tolerating different whitespace."""
     pattern = r"\s+".join(re.escape(w) for w in phrase.split())
-    m = re.compile(pattern).search(caption, start) or re.compile(pattern, re.IGNORECASE).search(caption, start)
+    m = re.compile(pattern).search(caption, start) or re.compile(pattern, re.IGNORECASE).search(
+        caption, start
+    )
     return (m.start(), m.end()) if m else None
 
 
-def _token_positions(encoding, spans: List[Tuple[int, int]], max_len: int) -> List[int]:
+def _token_positions(encoding, spans: list[tuple[int, int]], max_len: int) -> list[int]:
     """Official ``create_positive_map`` char->token mapping, with its +1/+2 and -2/-3 fallbacks."""
-    toks: List[int] = []
+    toks: list[int] = []
 
-    def c2t(i: int) -> Optional[int]:
+    def c2t(i: int) -> int | None:
         try:
             return encoding.char_to_token(i)
         except Exception:  # noqa: BLE001 - the official code treats any failure as "no token"
@@ -95,8 +100,14 @@ def _token_positions(encoding, spans: List[Tuple[int, int]], max_len: int) -> Li
     return sorted(set(t for t in toks if t < max_len))
 
 
-def _encode(caption: str, phrases: List[str], spans: List[List[Tuple[int, int]]], tokenizer, max_len: int,
-            phrase_offset: int = 0) -> Prompt:
+def _encode(
+    caption: str,
+    phrases: list[str],
+    spans: list[list[tuple[int, int]]],
+    tokenizer,
+    max_len: int,
+    phrase_offset: int = 0,
+) -> Prompt:
     full = tokenizer(caption, add_special_tokens=True)
     if len(full["input_ids"]) > max_len:
         raise QueryError(f"prompt has {len(full['input_ids'])} tokens, more than {max_len}")
@@ -106,16 +117,28 @@ def _encode(caption: str, phrases: List[str], spans: List[List[Tuple[int, int]]]
     for j, toks in enumerate(token_lists):
         if toks:
             pm[j, toks] = 1.0
-    return Prompt(caption, list(phrases), [list(s) for s in spans], enc["input_ids"], enc["attention_mask"], pm,
-                  token_lists, phrase_offset)
+    return Prompt(
+        caption,
+        list(phrases),
+        [list(s) for s in spans],
+        enc["input_ids"],
+        enc["attention_mask"],
+        pm,
+        token_lists,
+        phrase_offset,
+    )
 
 
 def _num_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_prompts(query: Union[str, Sequence[str]], tokenizer=None, phrases: Optional[Sequence[PhraseSpec]] = None,
-                  max_len: int = MAX_QUERY_LEN) -> List[Prompt]:
+def build_prompts(
+    query: str | Sequence[str],
+    tokenizer=None,
+    phrases: Sequence[PhraseSpec] | None = None,
+    max_len: int = MAX_QUERY_LEN,
+) -> list[Prompt]:
     """A query -> one prompt, or several chunks when it does not fit in ``max_len`` tokens.
 
     Raises :class:`QueryError` for an empty query, one with no words, a phrase not found in the caption, or a
@@ -151,11 +174,15 @@ def build_prompts(query: Union[str, Sequence[str]], tokenizer=None, phrases: Opt
                 names.append(" ".join(p.split()))
                 spans.append(found)
             else:
-                sp = [tuple(p)] if len(p) == 2 and all(isinstance(x, int) for x in p) else [tuple(x) for x in p]
+                sp = (
+                    [tuple(p)]
+                    if len(p) == 2 and all(isinstance(x, int) for x in p)
+                    else [tuple(x) for x in p]
+                )
                 for b, e in sp:
                     if not (0 <= b < e <= len(query)):
                         raise QueryError(f"span ({b}, {e}) is outside the caption (length {len(query)})")
-                names.append(query[sp[0][0]:sp[0][1]])
+                names.append(query[sp[0][0] : sp[0][1]])
                 spans.append(sp)
         if not names:
             raise QueryError("no phrases given")
@@ -172,20 +199,23 @@ def build_prompts(query: Union[str, Sequence[str]], tokenizer=None, phrases: Opt
     return _chunked(query, names, spans, tokenizer, max_len)
 
 
-def _chunked(caption: str, names: List[str], spans: List[List[Tuple[int, int]]], tokenizer,
-             max_len: int) -> List[Prompt]:
+def _chunked(
+    caption: str, names: list[str], spans: list[list[tuple[int, int]]], tokenizer, max_len: int
+) -> list[Prompt]:
     n_tok = len(tokenizer(caption, add_special_tokens=True)["input_ids"])
     if n_tok <= max_len:
         return [_encode(caption, names, spans, tokenizer, max_len)]
     # Too long: chunks of whole phrases, each captioned "p1. p2. … pk." (the official training/eval separator).
     budget = max_len - 2  # [CLS] and [SEP]
-    chunks: List[List[int]] = []
-    cur: List[int] = []
+    chunks: list[list[int]] = []
+    cur: list[int] = []
     used = 0
     for i, name in enumerate(names):
         cost = _num_tokens(tokenizer, name) + 1  # the phrase and its "."
         if cost > budget:
-            raise QueryError(f"phrase {i + 1} ({name[:40]!r}…) alone needs {cost} tokens; a prompt holds {budget}")
+            raise QueryError(
+                f"phrase {i + 1} ({name[:40]!r}…) alone needs {cost} tokens; a prompt holds {budget}"
+            )
         if used + cost > budget and cur:
             chunks.append(cur)
             cur, used = [], 0
@@ -205,8 +235,12 @@ def _chunked(caption: str, names: List[str], spans: List[List[Tuple[int, int]]],
     return prompts
 
 
-def build_prompt(query: Union[str, Sequence[str]], tokenizer=None, phrases: Optional[Sequence[PhraseSpec]] = None,
-                 max_len: int = MAX_QUERY_LEN) -> Prompt:
+def build_prompt(
+    query: str | Sequence[str],
+    tokenizer=None,
+    phrases: Sequence[PhraseSpec] | None = None,
+    max_len: int = MAX_QUERY_LEN,
+) -> Prompt:
     """Like :func:`build_prompts` for a query that must fit in one prompt."""
     prompts = build_prompts(query, tokenizer, phrases, max_len)
     if len(prompts) != 1:

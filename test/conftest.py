@@ -18,7 +18,9 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 def require_fixtures() -> pathlib.Path:
     if not (REDUCED / "tensors_fp32.npz").is_file():
-        pytest.skip(f"GLIP parity fixtures not found at {FIXTURES} (set GLIP_SHARED_DIR to the shared folder)")
+        pytest.skip(
+            f"GLIP parity fixtures not found at {FIXTURES} (set GLIP_SHARED_DIR to the shared folder)"
+        )
     return FIXTURES
 
 

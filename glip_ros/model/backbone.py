@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +22,7 @@ class LastLevelP6P7(nn.Module):
             nn.init.constant_(m.bias, 0)
         self.use_p5 = in_channels == out_channels
 
-    def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> list[torch.Tensor]:
         p6 = self.p6(p5 if self.use_p5 else c5)
         return [p6, self.p7(F.relu(p6))]
 
@@ -32,7 +30,7 @@ class LastLevelP6P7(nn.Module):
 class FPN(nn.Module):
     """P3–P5 from the last three body stages (official names ``fpn_inner2..4``/``fpn_layer2..4``), P6/P7 on P5."""
 
-    def __init__(self, in_channels: List[int], out_channels: int):
+    def __init__(self, in_channels: list[int], out_channels: int):
         super().__init__()
         # Official in_channels_list is [0, C3, C4, C5]: index 1 (stride 4) is skipped, so names start at 2.
         self.names = []
@@ -47,11 +45,11 @@ class FPN(nn.Module):
             self.names.append(idx)
         self.top_blocks = LastLevelP6P7(out_channels, out_channels)
 
-    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """``feats``: the body outputs used (strides 8, 16, 32)."""
         last = getattr(self, f"fpn_inner{self.names[-1]}")(feats[-1])
         results = [getattr(self, f"fpn_layer{self.names[-1]}")(last)]
-        for feat, idx in zip(feats[:-1][::-1], self.names[:-1][::-1]):
+        for feat, idx in zip(feats[:-1][::-1], self.names[:-1][::-1], strict=False):
             top_down = F.interpolate(last, size=(int(feat.shape[-2]), int(feat.shape[-1])), mode="nearest")
             last = getattr(self, f"fpn_inner{idx}")(feat) + top_down
             results.insert(0, getattr(self, f"fpn_layer{idx}")(last))
@@ -66,8 +64,12 @@ class ResNetBody(nn.Module):
         super().__init__()
         import torchvision
 
-        builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34,
-                    50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
+        builders = {
+            18: torchvision.models.resnet18,
+            34: torchvision.models.resnet34,
+            50: torchvision.models.resnet50,
+            101: torchvision.models.resnet101,
+        }
         if depth not in builders:
             raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(builders)}")
         net = builders[depth](weights=None)
@@ -76,7 +78,7 @@ class ResNetBody(nn.Module):
         expansion = 4 if depth >= 50 else 1
         self.out_channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)

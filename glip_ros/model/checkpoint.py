@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 from .config import GLIPConfig
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "save_checkpoint",
-           "read_checkpoint_config", "convert_to_safetensors", "IGNORED_KEY_PATTERNS"]
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "load_checkpoint",
+    "read_state_dict",
+    "save_checkpoint",
+    "read_checkpoint_config",
+    "convert_to_safetensors",
+    "IGNORED_KEY_PATTERNS",
+]
 
 # Keys that real checkpoints may carry and that this implementation recomputes or does not use.
 IGNORED_KEY_PATTERNS = (
@@ -36,10 +45,10 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class LoadReport:
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
     loaded: int = 0
 
     @property
@@ -50,13 +59,17 @@ class LoadReport:
         parts = [f"{self.loaded} tensors loaded"]
         for name, items in (("missing", self.missing), ("unexpected", self.unexpected)):
             if items:
-                shown = ", ".join(items[:limit]) + (f", … (+{len(items) - limit})" if len(items) > limit else "")
+                shown = ", ".join(items[:limit]) + (
+                    f", … (+{len(items) - limit})" if len(items) > limit else ""
+                )
                 parts.append(f"{len(items)} {name}: {shown}")
         if self.mismatched:
             shown = ", ".join(f"{k} file{list(a)} model{list(b)}" for k, a, b in self.mismatched[:limit])
             parts.append(f"{len(self.mismatched)} shape mismatches: {shown}")
         if self.ignored:
-            parts.append(f"{len(self.ignored)} ignored ({', '.join(self.ignored[:3])}{', …' if len(self.ignored) > 3 else ''})")
+            parts.append(
+                f"{len(self.ignored)} ignored ({', '.join(self.ignored[:3])}{', …' if len(self.ignored) > 3 else ''})"
+            )
         return "; ".join(parts)
 
 
@@ -64,7 +77,7 @@ def _is_safetensors(path: str) -> bool:
     return path.endswith(".safetensors")
 
 
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, without executing anything from it."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -95,13 +108,15 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return _extract_model_state(obj, path)
 
 
-def _extract_model_state(obj: Any, origin: str) -> Dict[str, torch.Tensor]:
+def _extract_model_state(obj: Any, origin: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]  # official: use 'model', not 'model_ema' (microsoft/GLIP#59)
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{origin}: expected a state_dict or {{'model': state_dict}}, got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{origin}: expected a state_dict or {{'model': state_dict}}, got {type(obj).__name__}"
+        )
     out = {}
     for k, v in obj.items():
         if isinstance(v, torch.Tensor):
@@ -111,14 +126,15 @@ def _extract_model_state(obj: Any, origin: str) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _strip_prefix(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+        return {k[len("module.") :]: v for k, v in sd.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
-def load_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping[str, torch.Tensor]],
-                    strict: bool = True) -> LoadReport:
+def load_checkpoint(
+    model: nn.Module, checkpoint: str | Mapping[str, torch.Tensor], strict: bool = True
+) -> LoadReport:
     """Load official or glip_ros weights into ``model`` by name.
 
     ``checkpoint``: a path (.pth/.pt/.bin via ``weights_only`` torch.load, or .safetensors) or a state_dict
@@ -152,7 +168,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping[str, torch.
         to_load[k] = v.to(target.dtype) if v.is_floating_point() and target.is_floating_point() else v
     report.missing = [k for k in own if k not in sd and k not in to_load]
     if strict and not report.ok:
-        raise CheckpointError(f"checkpoint {origin} does not fit this model ({_model_name(model)}): {report.summary()}")
+        raise CheckpointError(
+            f"checkpoint {origin} does not fit this model ({_model_name(model)}): {report.summary()}"
+        )
     with torch.no_grad():
         for k, v in to_load.items():
             own[k].copy_(v)
@@ -165,8 +183,12 @@ def _model_name(model: nn.Module) -> str:
     return getattr(cfg, "name", type(model).__name__)
 
 
-def save_checkpoint(model: nn.Module, path: str, dtype: Optional[torch.dtype] = None,
-                    extra_metadata: Optional[Dict[str, str]] = None) -> None:
+def save_checkpoint(
+    model: nn.Module,
+    path: str,
+    dtype: torch.dtype | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> None:
     """safetensors with the model config in the metadata, so ``GLIPDetector.from_checkpoint`` needs no preset."""
     from safetensors.torch import save_file
 
@@ -188,7 +210,7 @@ def save_checkpoint(model: nn.Module, path: str, dtype: Optional[torch.dtype] = 
     os.replace(tmp, path)
 
 
-def read_checkpoint_config(path: str) -> Optional[GLIPConfig]:
+def read_checkpoint_config(path: str) -> GLIPConfig | None:
     """The GLIPConfig stored by :func:`save_checkpoint`, or None (official files carry no config)."""
     if not _is_safetensors(path) or not os.path.isfile(path):
         return None
@@ -203,7 +225,7 @@ def read_checkpoint_config(path: str) -> Optional[GLIPConfig]:
     return GLIPConfig.from_dict(json.loads(raw)) if raw else None
 
 
-def convert_to_safetensors(src: str, dst: str) -> Dict[str, Any]:
+def convert_to_safetensors(src: str, dst: str) -> dict[str, Any]:
     """One-time conversion of an official .pth that plain-tensor loading refuses (unpickles arbitrary objects).
 
     Runs ``torch.load(weights_only=False)``: only for files the user trusts; this is the one place that does.

@@ -11,8 +11,9 @@ import copy
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any
 
 __all__ = [
     "SwinConfig",
@@ -32,8 +33,8 @@ class SwinConfig:
     """Swin-Det backbone (GLIP's ``swint.py``); defaults are Swin-T."""
 
     embed_dim: int = 96
-    depths: Tuple[int, ...] = (2, 2, 6, 2)
-    num_heads: Tuple[int, ...] = (3, 6, 12, 24)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
     window_size: int = 7
     mlp_ratio: float = 4.0
     patch_size: int = 4
@@ -65,7 +66,7 @@ class LanguageConfig:
     pad_token_id: int = 0
     max_query_len: int = 256
 
-    def to_bert_dict(self) -> Dict[str, Any]:
+    def to_bert_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("max_query_len")
         d.update(
@@ -94,8 +95,8 @@ class HeadConfig:
     use_dyfuse: bool = True
     prior_prob: float = 0.01
     log_scale: float = 0.0
-    anchor_sizes: Tuple[int, ...] = (64, 128, 256, 512, 1024)
-    anchor_strides: Tuple[int, ...] = (8, 16, 32, 64, 128)
+    anchor_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    anchor_strides: tuple[int, ...] = (8, 16, 32, 64, 128)
     pre_nms_thresh: float = 0.05
     pre_nms_top_n: int = 1000
     nms_thresh: float = 0.6
@@ -112,21 +113,21 @@ class GLIPConfig:
     fpn_channels: int = 256
     language: LanguageConfig = field(default_factory=LanguageConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    pixel_mean: Tuple[float, float, float] = (103.53, 116.28, 123.675)  # BGR, 0..255
-    pixel_std: Tuple[float, float, float] = (57.375, 57.12, 58.395)
+    pixel_mean: tuple[float, float, float] = (103.53, 116.28, 123.675)  # BGR, 0..255
+    pixel_std: tuple[float, float, float] = (57.375, 57.12, 58.395)
     size_divisibility: int = 32
     min_size: int = 800
     max_size: int = 1333
 
     # -- serialisation -------------------------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "GLIPConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GLIPConfig:
         d = copy.deepcopy(d)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -145,7 +146,7 @@ class GLIPConfig:
         return self.language.hidden_size
 
 
-def _dataclass_from_dict(typ: type, d: Dict[str, Any]) -> Any:
+def _dataclass_from_dict(typ: type, d: dict[str, Any]) -> Any:
     names = {f.name: f for f in dataclasses.fields(typ)}
     unknown = set(d) - set(names)
     if unknown:
@@ -176,8 +177,12 @@ def _glip_tiny_test() -> GLIPConfig:
         name="glip_tiny_test",
         swin=SwinConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)),
         fpn_channels=32,
-        language=LanguageConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-        head=HeadConfig(channels=32, num_convs=1, fusion_embed_dim=64, fusion_num_heads=2, group_norm_groups=4),
+        language=LanguageConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        ),
+        head=HeadConfig(
+            channels=32, num_convs=1, fusion_embed_dim=64, fusion_num_heads=2, group_norm_groups=4
+        ),
     )
 
 
@@ -186,7 +191,9 @@ def _glip_t_reduced() -> GLIPConfig:
     return GLIPConfig(
         name="glip_t_reduced",
         swin=SwinConfig(embed_dim=48, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24)),
-        language=LanguageConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024),
+        language=LanguageConfig(
+            hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024
+        ),
         head=HeadConfig(num_convs=2),
     )
 
@@ -214,7 +221,7 @@ def get_preset(name: str) -> GLIPConfig:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _get(d: Dict[str, Any], path: str, default: Any) -> Any:
+def _get(d: dict[str, Any], path: str, default: Any) -> Any:
     cur: Any = d
     for part in path.split("."):
         if not isinstance(cur, dict) or part not in cur:
@@ -223,9 +230,7 @@ def _get(d: Dict[str, Any], path: str, default: Any) -> Any:
     return cur
 
 
-def config_from_official_yaml(
-    path: str, bert_config: Optional[Union[str, Dict[str, Any]]] = None
-) -> GLIPConfig:
+def config_from_official_yaml(path: str, bert_config: str | dict[str, Any] | None = None) -> GLIPConfig:
     """Read an official GLIP config file; unspecified keys take the official defaults (defaults.py).
 
     ``bert_config`` (a ``config.json`` path or dict) replaces bert-base-uncased's sizes, as the official code
@@ -235,7 +240,7 @@ def config_from_official_yaml(
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict) or "MODEL" not in raw:
         raise ValueError(f"{path} does not look like a GLIP config (no MODEL section)")
@@ -253,7 +258,9 @@ def config_from_official_yaml(
         raise ValueError(f"{path}: fusion type {fuse_type!r} is not supported (only MHA-B)")
     fused_dot = bool(_get(model, "DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT", False))
     if early != fused_dot:
-        raise ValueError(f"{path}: EARLY_FUSE_ON and USE_FUSED_FEATURES_DOT_PRODUCT must agree (as in GLIP-T/L)")
+        raise ValueError(
+            f"{path}: EARLY_FUSE_ON and USE_FUSED_FEATURES_DOT_PRODUCT must agree (as in GLIP-T/L)"
+        )
 
     sw = SwinConfig(
         embed_dim=int(_get(model, "SWINT.EMBED_DIM", 96)),
@@ -266,23 +273,37 @@ def config_from_official_yaml(
     out_channels = tuple(int(x) for x in _get(model, "SWINT.OUT_CHANNELS", (96, 192, 384, 768)))
     expected = tuple(sw.embed_dim * 2**i for i in range(len(sw.depths)))
     if out_channels != expected:
-        raise ValueError(f"{path}: SWINT.OUT_CHANNELS {out_channels} must equal {expected} for EMBED_DIM {sw.embed_dim}")
+        raise ValueError(
+            f"{path}: SWINT.OUT_CHANNELS {out_channels} must equal {expected} for EMBED_DIM {sw.embed_dim}"
+        )
 
     lang = LanguageConfig(max_query_len=int(_get(model, "LANGUAGE_BACKBONE.MAX_QUERY_LEN", 256)))
     if bert_config is not None:
         if isinstance(bert_config, str):
             if not os.path.isfile(bert_config):
                 raise FileNotFoundError(f"bert config not found: {bert_config}")
-            with open(bert_config, "r", encoding="utf-8") as f:
+            with open(bert_config, encoding="utf-8") as f:
                 bert_config = json.load(f)
         assert isinstance(bert_config, dict)
-        for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "hidden_act", "pad_token_id"):
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "layer_norm_eps",
+            "hidden_act",
+            "pad_token_id",
+        ):
             if k in bert_config:
                 setattr(lang, k, bert_config[k])
     lang_dim = int(_get(model, "LANGUAGE_BACKBONE.LANG_DIM", 768))
     if lang_dim != lang.hidden_size:
-        raise ValueError(f"{path}: LANG_DIM {lang_dim} != BERT hidden_size {lang.hidden_size} (pass bert_config)")
+        raise ValueError(
+            f"{path}: LANG_DIM {lang_dim} != BERT hidden_size {lang.hidden_size} (pass bert_config)"
+        )
 
     head = HeadConfig(
         channels=int(_get(model, "DYHEAD.CHANNELS", 256)),
@@ -303,7 +324,10 @@ def config_from_official_yaml(
         detections_per_img=int(_get(model, "ATSS.DETECTIONS_PER_IMG", 100)),
         score_agg=str(_get(model, "DYHEAD.SCORE_AGG", "MEAN")),
     )
-    if tuple(_get(model, "RPN.ASPECT_RATIOS", (1.0,))) != (1.0,) or int(_get(model, "RPN.SCALES_PER_OCTAVE", 1)) != 1:
+    if (
+        tuple(_get(model, "RPN.ASPECT_RATIOS", (1.0,))) != (1.0,)
+        or int(_get(model, "RPN.SCALES_PER_OCTAVE", 1)) != 1
+    ):
         raise ValueError(f"{path}: only one anchor per location (ASPECT_RATIOS (1.0,), SCALES_PER_OCTAVE 1)")
     fpn_channels = int(_get(model, "BACKBONE.OUT_CHANNELS", 256))
     inp = raw.get("INPUT", {}) or {}
@@ -324,7 +348,7 @@ def config_from_official_yaml(
 
 
 def resolve_config(
-    spec: Union[str, GLIPConfig, Dict[str, Any]], bert_config: Optional[Union[str, Dict[str, Any]]] = None
+    spec: str | GLIPConfig | dict[str, Any], bert_config: str | dict[str, Any] | None = None
 ) -> GLIPConfig:
     """A preset name, an official YAML path, a dict or a GLIPConfig -> GLIPConfig."""
     if isinstance(spec, GLIPConfig):
@@ -340,5 +364,5 @@ def resolve_config(
     return get_preset(spec)
 
 
-def _as_tuple(x: Sequence[int]) -> Tuple[int, ...]:
+def _as_tuple(x: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in x)

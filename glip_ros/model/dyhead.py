@@ -3,8 +3,6 @@ modulated deformable convolutions (torchvision ``deform_conv2d``) and DyReLU."""
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +31,7 @@ class ModulatedDeformConv(nn.Module):
         nn.init.normal_(self.weight, 0, 0.01)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
+        x.shape[0]
         ho = (x.shape[2] + 2 - 3) // self.stride + 1
         wo = (x.shape[3] + 2 - 3) // self.stride + 1
         if offset.shape[-2:] != (ho, wo):
@@ -44,8 +42,15 @@ class ModulatedDeformConv(nn.Module):
             mask = _reinterpret(mask, 9, ho, wo)
         # The official op runs in fp32 (custom_fwd(cast_inputs=float32)).
         dtype = x.dtype
-        out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(),
-                            stride=self.stride, padding=1, mask=mask.float())
+        out = deform_conv2d(
+            x.float(),
+            offset.float(),
+            self.weight.float(),
+            self.bias.float(),
+            stride=self.stride,
+            padding=1,
+            mask=mask.float(),
+        )
         return out.to(dtype)
 
 
@@ -69,8 +74,9 @@ class Conv3x3Norm(nn.Module):
             nn.init.zeros_(self.conv.bias)
         self.bn = nn.GroupNorm(gn_groups, cout)
 
-    def forward(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offset: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.conv(x, offset, mask) if self.deformable else self.conv(x)
         return self.bn(x)
 
@@ -82,8 +88,12 @@ class DYReLU(nn.Module):
         super().__init__()
         self.oup = oup
         self.lambda_a = 2.0
-        self.fc = nn.Sequential(nn.Linear(inp, inp // reduction), nn.ReLU(inplace=True),
-                                nn.Linear(inp // reduction, oup * 4), HSigmoid())
+        self.fc = nn.Sequential(
+            nn.Linear(inp, inp // reduction),
+            nn.ReLU(inplace=True),
+            nn.Linear(inp // reduction, oup * 4),
+            HSigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
@@ -99,13 +109,17 @@ class DYReLU(nn.Module):
 class DyConv(nn.Module):
     def __init__(self, channels: int, gn_groups: int, use_deform: bool, use_dyrelu: bool, use_dyfuse: bool):
         super().__init__()
-        self.DyConv = nn.ModuleList([
-            Conv3x3Norm(channels, channels, 1, use_deform, gn_groups),  # applied to level l+1 (upsampled)
-            Conv3x3Norm(channels, channels, 1, use_deform, gn_groups),  # level l
-            Conv3x3Norm(channels, channels, 2, use_deform, gn_groups),  # level l-1, stride 2
-        ])
+        self.DyConv = nn.ModuleList(
+            [
+                Conv3x3Norm(channels, channels, 1, use_deform, gn_groups),  # applied to level l+1 (upsampled)
+                Conv3x3Norm(channels, channels, 1, use_deform, gn_groups),  # level l
+                Conv3x3Norm(channels, channels, 2, use_deform, gn_groups),  # level l-1, stride 2
+            ]
+        )
         if use_dyfuse:
-            self.AttnConv = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 1, 1), nn.ReLU(inplace=True))
+            self.AttnConv = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 1, 1), nn.ReLU(inplace=True)
+            )
             nn.init.normal_(self.AttnConv[1].weight, 0, 0.01)
             nn.init.zeros_(self.AttnConv[1].bias)
         else:
@@ -113,7 +127,7 @@ class DyConv(nn.Module):
         self.relu = DYReLU(channels, channels) if use_dyrelu else nn.ReLU()
         self.offset = nn.Conv2d(channels, 27, 3, padding=1) if use_deform else None
 
-    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
         for level, feature in enumerate(feats):
             args = {}

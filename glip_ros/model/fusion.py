@@ -4,7 +4,6 @@ that the DyHead tower runs on the fused text after every fusion (``vldyhead.Bert
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +29,23 @@ class BiMultiHeadAttention(nn.Module):
         self.values_l_proj = nn.Linear(l_dim, embed_dim)
         self.out_v_proj = nn.Linear(embed_dim, v_dim)
         self.out_l_proj = nn.Linear(embed_dim, l_dim)
-        for m in (self.v_proj, self.l_proj, self.values_v_proj, self.values_l_proj, self.out_v_proj, self.out_l_proj):
+        for m in (
+            self.v_proj,
+            self.l_proj,
+            self.values_v_proj,
+            self.values_l_proj,
+            self.out_v_proj,
+            self.out_l_proj,
+        ):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
 
     def _shape(self, t: torch.Tensor, bsz: int) -> torch.Tensor:
         return t.view(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2).contiguous()
 
-    def forward(self, v: torch.Tensor, l: torch.Tensor, mask_l: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, v: torch.Tensor, l: torch.Tensor, mask_l: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         bsz, tgt_len, _ = v.shape
         proj_shape = (bsz * self.num_heads, -1, self.head_dim)
         q = self._shape(self.v_proj(v) * self.scale, bsz).view(*proj_shape)
@@ -54,7 +62,9 @@ class BiMultiHeadAttention(nn.Module):
             # positions get +1 (softmax-invariant, but it is what the checkpoints were trained with).
             m = mask_l[:, None, None, :].to(attn.dtype)
             m = m.masked_fill(m == 0, -9e15)
-            attn = (attn.view(bsz, self.num_heads, tgt_len, src_len) + m).view(bsz * self.num_heads, tgt_len, src_len)
+            attn = (attn.view(bsz, self.num_heads, tgt_len, src_len) + m).view(
+                bsz * self.num_heads, tgt_len, src_len
+            )
         attn_v = attn.softmax(dim=-1)
         out_v = torch.bmm(attn_v, vl).view(bsz, self.num_heads, tgt_len, self.head_dim).transpose(1, 2)
         out_l = torch.bmm(attn_l, vv).view(bsz, self.num_heads, src_len, self.head_dim).transpose(1, 2)
@@ -74,7 +84,9 @@ class BiAttentionBlock(nn.Module):
         self.gamma_v = nn.Parameter(init_values * torch.ones(v_dim))
         self.gamma_l = nn.Parameter(init_values * torch.ones(l_dim))
 
-    def forward(self, v: torch.Tensor, l: torch.Tensor, mask_l: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, v: torch.Tensor, l: torch.Tensor, mask_l: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.layer_norm_v(v)
         l = self.layer_norm_l(l)
         dv, dl = self.attn(v, l, mask_l)
@@ -88,7 +100,7 @@ class VLFuse(nn.Module):
         super().__init__()
         self.b_attn = BiAttentionBlock(v_dim, l_dim, embed_dim, num_heads, init_values=1.0 / num_convs)
 
-    def forward(self, visual: List[torch.Tensor], hidden: torch.Tensor, masks: torch.Tensor):
+    def forward(self, visual: list[torch.Tensor], hidden: torch.Tensor, masks: torch.Tensor):
         sizes = [f.shape[-2:] for f in visual]
         bs = visual[0].shape[0]
         flat = torch.cat([f.flatten(2).transpose(1, 2) for f in visual], dim=1)  # permute_and_flatten, A=1
@@ -96,7 +108,7 @@ class VLFuse(nn.Module):
         new_v = new_v.transpose(1, 2).contiguous()
         out, start = [], 0
         for h, w in sizes:
-            out.append(new_v[:, :, start:start + h * w].view(bs, -1, h, w).contiguous())
+            out.append(new_v[:, :, start : start + h * w].view(bs, -1, h, w).contiguous())
             start += h * w
         return out, new_l
 
@@ -118,7 +130,9 @@ class _SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ext_mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_size)
-        scores = scores.clamp(min=-_CLAMP, max=_CLAMP) + ext_mask  # GLIP's modeling_bert clamps before the mask
+        scores = (
+            scores.clamp(min=-_CLAMP, max=_CLAMP) + ext_mask
+        )  # GLIP's modeling_bert clamps before the mask
         ctx = torch.matmul(scores.softmax(dim=-1), v).permute(0, 2, 1, 3).contiguous()
         return ctx.view(ctx.shape[0], ctx.shape[1], -1)
 

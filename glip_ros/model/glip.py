@@ -8,11 +8,10 @@ The forward is split where the robot needs it split: ``encode_text`` (once per q
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
@@ -23,7 +22,7 @@ from .language import LanguageBackbone, TextFeatures
 __all__ = ["GLIPModel", "resize_shape", "build_model"]
 
 
-def resize_shape(h: int, w: int, min_size: Optional[int], max_size: Optional[int]) -> Tuple[int, int]:
+def resize_shape(h: int, w: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
     """maskrcnn_benchmark ``Resize.get_size`` (the official test transform): shorter side to ``min_size``,
     capped so the longer side is at most ``max_size``; ``min_size=None`` keeps the image as it is."""
     if min_size is None:
@@ -59,7 +58,9 @@ class GLIPModel(nn.Module):
         if tl is not None:
             # Prompt tuning ('language_prompt_v2'): a learned per-position offset on both text features.
             offset = tl.weight[: text.hidden.shape[1], :].unsqueeze(0)
-            text = TextFeatures(hidden=text.hidden + offset, embedded=text.embedded + offset, masks=text.masks)
+            text = TextFeatures(
+                hidden=text.hidden + offset, embedded=text.embedded + offset, masks=text.masks
+            )
         return text
 
     def enable_prompt_tuning(self) -> nn.Linear:
@@ -77,8 +78,13 @@ class GLIPModel(nn.Module):
         x = images_uint8_rgb.flip(1).float() / 255.0 * 255.0
         return (x - self.pixel_mean.to(x.device)) / self.pixel_std.to(x.device)
 
-    def preprocess(self, images: Sequence[np.ndarray], min_size: Optional[int] = -1, max_size: Optional[int] = -1,
-                   device: Optional[torch.device] = None) -> Tuple[torch.Tensor, List[Tuple[int, int]], List[Tuple[float, float]]]:
+    def preprocess(
+        self,
+        images: Sequence[np.ndarray],
+        min_size: int | None = -1,
+        max_size: int | None = -1,
+        device: torch.device | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[int, int]], list[tuple[float, float]]]:
         """RGB uint8 HWC arrays -> (padded normalised batch, resized (h, w) per image, (sx, sy) per image).
 
         Resizing uses PIL bilinear as the official transform does (torchvision Resize on a PIL image);
@@ -118,17 +124,19 @@ class GLIPModel(nn.Module):
             out[i, :, : t.shape[1], : t.shape[2]].copy_(t)
         return out
 
-    def encode_image(self, images: torch.Tensor) -> List[torch.Tensor]:
+    def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone(images)
 
     # -- head --------------------------------------------------------------------------------------------------
-    def forward_head(self, features: List[torch.Tensor], text: TextFeatures) -> HeadOutputs:
+    def forward_head(self, features: list[torch.Tensor], text: TextFeatures) -> HeadOutputs:
         return self.rpn.head(features, text)
 
-    def anchors(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
+    def anchors(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.rpn.anchor_generator(features)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> HeadOutputs:
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> HeadOutputs:
         text = self.encode_text(input_ids, attention_mask)
         feats = self.encode_image(images)
         if text.hidden.shape[0] != images.shape[0]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +25,11 @@ _CLAMP = 50000.0
 
 @dataclass
 class HeadOutputs:
-    logits: List[torch.Tensor]  # per level [B, H*W, T] token-alignment logits (before sigmoid)
-    bbox_reg: List[torch.Tensor]  # per level [B, 4, H, W] (after Scale)
-    centerness: List[torch.Tensor]  # per level [B, 1, H, W]
+    logits: list[torch.Tensor]  # per level [B, H*W, T] token-alignment logits (before sigmoid)
+    bbox_reg: list[torch.Tensor]  # per level [B, 4, H, W] (after Scale)
+    centerness: list[torch.Tensor]  # per level [B, 1, H, W]
     cls_width: int  # width of the unused cls_logits conv: the official score tensor's width
-    fused_text: Optional[torch.Tensor] = None  # [B, T, D] text after the last fusion/BERT layer
+    fused_text: torch.Tensor | None = None  # [B, T, D] text after the last fusion/BERT layer
 
 
 class Scale(nn.Module):
@@ -50,12 +49,20 @@ class VLDyHead(nn.Module):
         if cfg.fpn_channels != h.channels:
             raise ValueError(f"FPN channels ({cfg.fpn_channels}) must equal DyHead channels ({h.channels})")
         self.early_fusion = h.early_fusion
-        tower: List[nn.Module] = []
+        tower: list[nn.Module] = []
         for _ in range(h.num_convs):
             if h.early_fusion:
-                tower.append(VLFuse(h.channels, lang.hidden_size, h.fusion_embed_dim, h.fusion_num_heads, h.num_convs))
-                tower.append(BertEncoderLayer(lang.hidden_size, lang.num_attention_heads, lang.intermediate_size,
-                                              lang.layer_norm_eps))
+                tower.append(
+                    VLFuse(h.channels, lang.hidden_size, h.fusion_embed_dim, h.fusion_num_heads, h.num_convs)
+                )
+                tower.append(
+                    BertEncoderLayer(
+                        lang.hidden_size,
+                        lang.num_attention_heads,
+                        lang.intermediate_size,
+                        lang.layer_norm_eps,
+                    )
+                )
             tower.append(DyConv(h.channels, h.group_norm_groups, h.use_deform, h.use_dyrelu, h.use_dyfuse))
         self.dyhead_tower = nn.ModuleList(tower)
         self.cls_logits = nn.Conv2d(h.channels, h.num_classes, 1)
@@ -72,7 +79,9 @@ class VLDyHead(nn.Module):
         nn.init.constant_(self.cls_logits.bias, bias_value)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(len(h.anchor_strides)))
 
-    def run_tower(self, visual: List[torch.Tensor], text: TextFeatures) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    def run_tower(
+        self, visual: list[torch.Tensor], text: TextFeatures
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         hidden = text.hidden
         for layer in self.dyhead_tower:
             if isinstance(layer, VLFuse):
@@ -83,34 +92,38 @@ class VLDyHead(nn.Module):
                 visual = layer(visual)
         return visual, hidden
 
-    def forward(self, visual: List[torch.Tensor], text: TextFeatures) -> HeadOutputs:
+    def forward(self, visual: list[torch.Tensor], text: TextFeatures) -> HeadOutputs:
         visual, hidden = self.run_tower(visual, text)
         embedding = hidden if self.early_fusion else text.embedded
         return self.predict(visual, embedding, hidden if self.early_fusion else None)
 
-    def token_projection(self, embedding: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def token_projection(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Text side of the alignment logits (depends on the text only when there is no early fusion)."""
         embedding = F.normalize(embedding, p=2, dim=-1)
         proj_tokens = self.dot_product_projection_text(embedding / 2.0)
         token_bias = torch.matmul(embedding, self.bias_lang) + self.bias0
         return proj_tokens, token_bias
 
-    def box_outputs(self, visual: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def box_outputs(self, visual: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         bbox_reg = [self.scales[i](self.bbox_pred(v)) for i, v in enumerate(visual)]
         centerness = [self.centerness(v) for v in visual]
         return bbox_reg, centerness
 
-    def alignment_logits(self, visual: List[torch.Tensor], proj_tokens: torch.Tensor,
-                         token_bias: torch.Tensor) -> List[torch.Tensor]:
+    def alignment_logits(
+        self, visual: list[torch.Tensor], proj_tokens: torch.Tensor, token_bias: torch.Tensor
+    ) -> list[torch.Tensor]:
         logits = []
         for v in visual:
             q = v.flatten(2).transpose(1, 2)  # permute_and_flatten with A = 1: [B, H*W, C]
-            logit = torch.matmul(q, proj_tokens.transpose(-1, -2)) / self.log_scale.exp() + token_bias.unsqueeze(1)
+            logit = torch.matmul(
+                q, proj_tokens.transpose(-1, -2)
+            ) / self.log_scale.exp() + token_bias.unsqueeze(1)
             logits.append(logit.clamp(max=_CLAMP).clamp(min=-_CLAMP))
         return logits
 
-    def predict(self, visual: List[torch.Tensor], embedding: torch.Tensor,
-                fused_text: Optional[torch.Tensor] = None) -> HeadOutputs:
+    def predict(
+        self, visual: list[torch.Tensor], embedding: torch.Tensor, fused_text: torch.Tensor | None = None
+    ) -> HeadOutputs:
         proj_tokens, token_bias = self.token_projection(embedding)
         bbox_reg, centerness = self.box_outputs(visual)
         logits = self.alignment_logits(visual, proj_tokens, token_bias)
@@ -118,7 +131,7 @@ class VLDyHead(nn.Module):
 
 
 class _BufferList(nn.Module):
-    def __init__(self, tensors: List[torch.Tensor]):
+    def __init__(self, tensors: list[torch.Tensor]):
         super().__init__()
         for i, t in enumerate(tensors):
             self.register_buffer(str(i), t)
@@ -136,17 +149,19 @@ def cell_anchor(stride: int, size: int) -> torch.Tensor:
     w = float(base)
     ctr = 0.5 * (w - 1)
     ws = round(math.sqrt(w * w)) * (size / stride)
-    return torch.tensor([[ctr - 0.5 * (ws - 1), ctr - 0.5 * (ws - 1), ctr + 0.5 * (ws - 1), ctr + 0.5 * (ws - 1)]],
-                        dtype=torch.float32)
+    return torch.tensor(
+        [[ctr - 0.5 * (ws - 1), ctr - 0.5 * (ws - 1), ctr + 0.5 * (ws - 1), ctr + 0.5 * (ws - 1)]],
+        dtype=torch.float32,
+    )
 
 
 class AnchorGenerator(nn.Module):
-    def __init__(self, sizes: Tuple[int, ...], strides: Tuple[int, ...]):
+    def __init__(self, sizes: tuple[int, ...], strides: tuple[int, ...]):
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError("anchor sizes and strides must have the same length")
         self.strides = tuple(strides)
-        self.cell_anchors = _BufferList([cell_anchor(s, z) for s, z in zip(strides, sizes)])
+        self.cell_anchors = _BufferList([cell_anchor(s, z) for s, z in zip(strides, sizes, strict=False)])
 
     def grid(self, level: int, h: int, w: int, device: torch.device) -> torch.Tensor:
         s = self.strides[level]
@@ -157,7 +172,7 @@ class AnchorGenerator(nn.Module):
         base = self.cell_anchors[level].to(device)
         return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
 
-    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self.grid(i, f.shape[-2], f.shape[-1], f.device) for i, f in enumerate(feats)]
 
 
@@ -177,8 +192,10 @@ class BoxCoder:
         gx = (gt[:, 2] + gt[:, 0]) / 2
         gy = (gt[:, 3] + gt[:, 1]) / 2
         wx, wy, ww, wh = self.weights
-        return torch.stack((wx * (gx - ex) / ew, wy * (gy - ey) / eh, ww * torch.log(gw / ew),
-                            wh * torch.log(gh / eh)), dim=1)
+        return torch.stack(
+            (wx * (gx - ex) / ew, wy * (gy - ey) / eh, ww * torch.log(gw / ew), wh * torch.log(gh / eh)),
+            dim=1,
+        )
 
     def decode(self, preds: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         anchors = anchors.to(preds.dtype)
@@ -210,4 +227,4 @@ class RPN(nn.Module):
         super().__init__()
         self.head = VLDyHead(cfg)
         self.anchor_generator = AnchorGenerator(cfg.head.anchor_sizes, cfg.head.anchor_strides)
-        self.tunable_linear: Optional[nn.Linear] = None
+        self.tunable_linear: nn.Linear | None = None

@@ -10,7 +10,6 @@ import functools
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -32,12 +31,17 @@ class TextFeatures:
     embedded: torch.Tensor  # [B, T, D]
     masks: torch.Tensor  # [B, T] (long)
 
-    def to(self, device=None, dtype=None) -> "TextFeatures":
-        return TextFeatures(self.hidden.to(device=device, dtype=dtype), self.embedded.to(device=device, dtype=dtype),
-                            self.masks.to(device=device))
+    def to(self, device=None, dtype=None) -> TextFeatures:
+        return TextFeatures(
+            self.hidden.to(device=device, dtype=dtype),
+            self.embedded.to(device=device, dtype=dtype),
+            self.masks.to(device=device),
+        )
 
-    def repeat(self, n: int) -> "TextFeatures":
-        return TextFeatures(self.hidden.expand(n, -1, -1), self.embedded.expand(n, -1, -1), self.masks.expand(n, -1))
+    def repeat(self, n: int) -> TextFeatures:
+        return TextFeatures(
+            self.hidden.expand(n, -1, -1), self.embedded.expand(n, -1, -1), self.masks.expand(n, -1)
+        )
 
 
 def resolve_vocab_file() -> str:
@@ -78,7 +82,7 @@ def _load_tokenizer(path: str, check: bool):
     return tok
 
 
-def get_tokenizer(vocab_file: Optional[str] = None):
+def get_tokenizer(vocab_file: str | None = None):
     """The fast uncased WordPiece tokenizer GLIP uses (fast: ``char_to_token`` is needed for spans)."""
     path = vocab_file or resolve_vocab_file()
     return _load_tokenizer(path, vocab_file is None and "GLIP_BERT_VOCAB" not in os.environ)

@@ -8,8 +8,6 @@ timm rolls first and pads after, which changes the numbers whenever a side is no
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +48,9 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
+        coords = torch.stack(
+            torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+        )
         flat = torch.flatten(coords, 1)
         rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0).contiguous()
         rel[:, :, 0] += window_size - 1
@@ -62,7 +62,7 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b_, n, c = x.shape
         qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
@@ -80,8 +80,9 @@ class WindowAttention(nn.Module):
 
 
 class SwinTransformerBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, mlp_ratio: float,
-                 qkv_bias: bool):
+    def __init__(
+        self, dim: int, num_heads: int, window_size: int, shift_size: int, mlp_ratio: float, qkv_bias: bool
+    ):
         super().__init__()
         self.window_size = window_size
         self.shift_size = shift_size
@@ -132,14 +133,23 @@ class PatchMerging(nn.Module):
 
 
 class BasicLayer(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float, qkv_bias: bool,
-                 downsample: bool):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        downsample: bool,
+    ):
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2
         self.blocks = nn.ModuleList(
-            SwinTransformerBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio,
-                                 qkv_bias)
+            SwinTransformerBlock(
+                dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio, qkv_bias
+            )
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None
@@ -160,7 +170,7 @@ class BasicLayer(nn.Module):
         mask = mw.unsqueeze(1) - mw.unsqueeze(2)
         return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (stage output at h×w, input of the next stage at ceil(h/2)×ceil(w/2))."""
         mask = self.shift_mask(h, w, x.device).to(x.dtype)
         for blk in self.blocks:
@@ -200,8 +210,15 @@ class SwinTransformer(nn.Module):
         n = len(cfg.depths)
         self.num_features = [cfg.embed_dim * 2**i for i in range(n)]
         self.layers = nn.ModuleList(
-            BasicLayer(self.num_features[i], cfg.depths[i], cfg.num_heads[i], cfg.window_size, cfg.mlp_ratio,
-                       cfg.qkv_bias, downsample=i < n - 1)
+            BasicLayer(
+                self.num_features[i],
+                cfg.depths[i],
+                cfg.num_heads[i],
+                cfg.window_size,
+                cfg.mlp_ratio,
+                cfg.qkv_bias,
+                downsample=i < n - 1,
+            )
             for i in range(n)
         )
         # norm0 is an Identity in GLIP's RETINANET variant (no parameters in the checkpoints).
@@ -209,7 +226,7 @@ class SwinTransformer(nn.Module):
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
         self.out_channels = list(self.num_features)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(x)
         wh, ww = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)

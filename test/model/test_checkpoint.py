@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from glip_ros.model import CheckpointError, build_model, convert_to_safetensors, load_checkpoint, save_checkpoint
+from glip_ros.model import (
+    CheckpointError,
+    build_model,
+    convert_to_safetensors,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")

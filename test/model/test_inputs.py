@@ -21,8 +21,10 @@ def det():
 RGB = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("query,match", [("", "empty"), ("   ", "empty"), (" .,;. ", "no words"),
-                                         ("red circle " * 1000, "alone needs")])
+@pytest.mark.parametrize(
+    "query,match",
+    [("", "empty"), ("   ", "empty"), (" .,;. ", "no words"), ("red circle " * 1000, "alone needs")],
+)
 def test_bad_queries(det, query, match):
     with pytest.raises(QueryError, match=match):
         det.predict(RGB, query, min_size=None)
@@ -46,12 +48,21 @@ def test_grayscale_rgba_and_tiny_images_are_defined(det):
     assert [x.box_xyxy for x in c] == [x.box_xyxy for x in d]
     one = det.predict(np.zeros((1, 1, 3), np.uint8), "red circle", score_threshold=0.0, min_size=None)
     assert all(x.box_xyxy[2] <= 0 and x.box_xyxy[3] <= 0 for x in one)  # clipped to the 1×1 image
-    big = det.predict(np.zeros((1, 1, 3), np.uint8), "red circle", score_threshold=0.0, min_size=64, max_size=64)
+    big = det.predict(
+        np.zeros((1, 1, 3), np.uint8), "red circle", score_threshold=0.0, min_size=64, max_size=64
+    )
     assert all(0 <= v <= 1 for x in big for v in x.box_xyxy)
 
 
-@pytest.mark.parametrize("bad,match", [(np.zeros((4, 4, 3), np.float32), "uint8"), (np.zeros((0, 4, 3), np.uint8), "no pixels"),
-                                       (np.zeros((4, 4, 2), np.uint8), "channels"), ([[1, 2]], "numpy")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.zeros((4, 4, 3), np.float32), "uint8"),
+        (np.zeros((0, 4, 3), np.uint8), "no pixels"),
+        (np.zeros((4, 4, 2), np.uint8), "channels"),
+        ([[1, 2]], "numpy"),
+    ],
+)
 def test_bad_images(det, bad, match):
     with pytest.raises(ImageError, match=match):
         det.predict(bad, "red circle", min_size=None)

@@ -23,7 +23,9 @@ def run(reduced_model, reduced_tensors):
     m = reduced_model
     with torch.inference_mode():
         img = torch.from_numpy(t["input__image_tensor"])
-        text = m.encode_text(torch.from_numpy(t["input__input_ids"]), torch.from_numpy(t["input__attention_mask"]))
+        text = m.encode_text(
+            torch.from_numpy(t["input__input_ids"]), torch.from_numpy(t["input__attention_mask"])
+        )
         fpn, body = m.backbone(img, return_body=True)
         out = m.forward_head(fpn, text)
         anchors = m.anchors(fpn)
@@ -36,7 +38,11 @@ def test_tokenization_matches_fixture(reduced_tensors):
     p = build_prompt(CAPTION)
     assert p.input_ids.tolist() == reduced_tensors["input__input_ids"].tolist()
     assert p.attention_mask.tolist() == reduced_tensors["input__attention_mask"].tolist()
-    assert p.token_lists == [[1, 2], [4, 5], [7, 8]]  # positive_map_label_to_token {1:[1,2], 2:[4,5], 3:[7,8]}
+    assert p.token_lists == [
+        [1, 2],
+        [4, 5],
+        [7, 8],
+    ]  # positive_map_label_to_token {1:[1,2], 2:[4,5], 3:[7,8]}
 
 
 def test_preprocessing_matches_fixture(reduced_model, reduced_tensors, fixture_image):
@@ -99,7 +105,7 @@ def _match_sets(boxes, scores, labels, ref_boxes, ref_scores, ref_labels):
     assert len(scores) == len(ref_scores)
     np.testing.assert_allclose(np.sort(scores)[::-1], np.sort(ref_scores)[::-1], atol=1e-4)
     used = np.zeros(len(scores), bool)
-    for b, s, lab in zip(ref_boxes, ref_scores, ref_labels):
+    for b, s, lab in zip(ref_boxes, ref_scores, ref_labels, strict=False):
         d = np.abs(boxes - b).max(1) + 1e9 * (labels != lab) + 1e9 * used + 1e9 * (np.abs(scores - s) > 1e-4)
         j = int(np.argmin(d))
         assert d[j] <= 1e-2, f"no match for reference box {b} label {lab} (best diff {d[j]:.3g})"

@@ -10,7 +10,11 @@ import torch
 from glip_ros.model import build_model, load_checkpoint
 from glip_ros.model.checkpoint import IGNORED_KEY_PATTERNS
 
-CASES = [("schema_glip_t.json", "glip_t"), ("schema_glip_t_a.json", "glip_t_a"), ("schema_glip_l.json", "glip_l")]
+CASES = [
+    ("schema_glip_t.json", "glip_t"),
+    ("schema_glip_t_a.json", "glip_t_a"),
+    ("schema_glip_l.json", "glip_l"),
+]
 
 
 def _meta_model(preset: str):
@@ -22,9 +26,12 @@ def _schema_sd(path):
     with open(path) as f:
         schema = json.load(f)
     dtypes = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}
-    return {e["checkpoint_key"]: torch.empty(e["shape"], dtype=dtypes.get(e["dtype"].replace("torch.", ""),
-                                                                              torch.float32), device="meta")
-            for e in schema["entries"]}
+    return {
+        e["checkpoint_key"]: torch.empty(
+            e["shape"], dtype=dtypes.get(e["dtype"].replace("torch.", ""), torch.float32), device="meta"
+        )
+        for e in schema["entries"]
+    }
 
 
 @pytest.mark.parametrize("schema,preset", CASES)

