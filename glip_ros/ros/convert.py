@@ -35,6 +35,7 @@ import numpy as np
 __all__ = [
     "ENCODINGS",
     "ImageConversionError",
+    "check_imgmsg",
     "compressed_to_rgb",
     "detections_to_msg",
     "grounding_result_msg",
@@ -185,6 +186,36 @@ def image_to_rgb(
         return _gray_to_rgb(_minmax_to_u8(vals))
     order = "uyvy" if enc in ("yuv422", "uyvy") else "yuyv"
     return _yuv422_to_rgb(rows, height, width, order)
+
+
+def check_imgmsg(msg: Any) -> None:
+    """Cheap O(1) validation of a ``sensor_msgs/Image``'s metadata (encoding, sizes, step, data length).
+
+    The node calls this in the subscription callback, so a stream of malformed frames is counted on arrival
+    and never overwrites a good frame waiting for the model. Raises :class:`ImageConversionError`.
+    """
+    enc = (msg.encoding or "").strip().lower()
+    if enc not in ENCODINGS:
+        raise ImageConversionError(
+            "unknown_encoding",
+            f"unsupported encoding {msg.encoding!r}; supported: {', '.join(sorted(ENCODINGS))}",
+        )
+    bpp = ENCODINGS[enc][0]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if width <= 0 or height <= 0:
+        raise ImageConversionError("zero_size", f"image has zero size ({width}x{height})")
+    if step < width * bpp:
+        raise ImageConversionError(
+            "bad_step", f"step {step} is smaller than width*bytes_per_pixel = {width}*{bpp} = {width * bpp}"
+        )
+    size = len(msg.data)
+    if size < step * height:
+        raise ImageConversionError(
+            "short_data",
+            f"{enc} image {width}x{height} with step {step} needs {step * height} bytes, got {size}",
+        )
+    if enc in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv") and width % 2:
+        raise ImageConversionError("odd_width", f"4:2:2 images need an even width, got {width}")
 
 
 def imgmsg_to_rgb(msg: Any) -> np.ndarray:

@@ -44,6 +44,7 @@ from std_msgs.msg import String
 
 from glip_ros.ros.convert import (
     ImageConversionError,
+    check_imgmsg,
     compressed_to_rgb,
     detections_to_msg,
     grounding_result_msg,
@@ -278,18 +279,19 @@ class GlipNode(LifecycleNode):
     # ------------------------------------------------------------------ bad input and logging
 
     def _bad_input(self, kind: str, message: str, camera: Camera | None = None) -> None:
-        """Count a bad input and log it, at most once per ``warn_throttle`` seconds per kind."""
+        """Count a bad input and log it, at most once per ``warn_throttle`` seconds per kind and camera."""
         self._bad[kind] = self._bad.get(kind, 0) + 1
         if camera is not None:
             camera.stats.bad += 1
         now = time.monotonic()
         throttle = float(self.param("warn_throttle"))
-        last = self._warn_last.get(kind)
+        key = f"{kind}@{camera.label if camera is not None else ''}"
+        last = self._warn_last.get(key)
         if last is not None and now - last < throttle:
-            self._warn_suppressed[kind] = self._warn_suppressed.get(kind, 0) + 1
+            self._warn_suppressed[key] = self._warn_suppressed.get(key, 0) + 1
             return
-        self._warn_last[kind] = now
-        suppressed = self._warn_suppressed.pop(kind, 0)
+        self._warn_last[key] = now
+        suppressed = self._warn_suppressed.pop(key, 0)
         more = f" ({suppressed} more of this kind since the last warning)" if suppressed else ""
         where = f"[{camera.label}] " if camera is not None else ""
         self.get_logger().warning(f"{where}{kind}: {message}{more}")
@@ -628,7 +630,19 @@ class GlipNode(LifecycleNode):
     # ------------------------------------------------------------------ frames
 
     def _on_image(self, cam: Camera, msg: Any) -> None:
-        """Store the frame; never convert or infer here (a busy model must not build a queue)."""
+        """Store the frame; never convert or infer here (a busy model must not build a queue).
+
+        Raw frames get an O(1) metadata check first, so malformed ones are counted on arrival and never
+        displace a good frame that is waiting for the model.
+        """
+        if isinstance(msg, Image):
+            try:
+                check_imgmsg(msg)
+            except ImageConversionError as exc:
+                with self._frames_cv:
+                    cam.stats.received += 1
+                self._bad_input(exc.kind, exc.message, cam)
+                return
         with self._frames_cv:
             cam.stats.received += 1
             if cam.pending is not None:
