@@ -165,13 +165,18 @@ note "generated code in $SITE/glip_ros/{msg,srv}"
 
 # ---------------------------------------------------------------------------------------------------
 step "pip install -e . (glip_ros, console scripts)"
+# With its dependencies (and the dev extras), so one that pyproject.toml gains later is installed too;
+# all are normally there already from the step above. The torch pin is repeated so it cannot move.
+EDITABLE=("${PIP[@]}" install --no-build-isolation -e "$ROOT[dev]" $GLIP_TORCH)
 PSTAMP="$VENV/.glip_ros_pyproject"
-if [ "$FORCE" != 1 ] && [ -f "$PSTAMP" ] && cmp -s "$PSTAMP" "$ROOT/pyproject.toml" \
+PWANT="$(printf '%s\n' "${EDITABLE[*]}"; cat "$ROOT/pyproject.toml")"
+if [ "$FORCE" != 1 ] && [ -f "$PSTAMP" ] && [ "$(cat "$PSTAMP")" = "$PWANT" ] \
    && "${PIP[@]}" show -q glip_ros >/dev/null 2>&1; then
   note "up to date (pyproject.toml unchanged)"
 else
-  "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
-  cp "$ROOT/pyproject.toml" "$PSTAMP"
+  rm -f "$PSTAMP"
+  "${EDITABLE[@]}"
+  printf '%s\n' "$PWANT" > "$PSTAMP"
   note "installed (editable: imports come from $ROOT/glip_ros)"
 fi
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,26 @@ def test_glip_ros_is_imported_from_the_source_tree():
     assert Path(glip_ros.__file__).resolve() == REPO / "glip_ros" / "__init__.py", (
         f"glip_ros imported from {glip_ros.__file__}; tests must test the working tree"
     )
+
+
+@pytest.mark.parametrize("cwd", ["repo", "/"])
+def test_a_child_process_finds_source_tree_and_generated_interfaces(cwd):
+    """What node processes started by tests see: `python -c/-m ...` from the repo root or elsewhere."""
+    if Path(sys.prefix).resolve() != REPO / ".venv":
+        pytest.skip("not the venv made by scripts/setup.sh (its editable install is what is checked)")
+    pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: run scripts/setup.sh")
+    code = "import glip_ros, glip_ros.msg, glip_ros.srv; print(glip_ros.__file__)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO if cwd == "repo" else cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).resolve() == REPO / "glip_ros" / "__init__.py"
 
 
 def test_every_interface_file_is_built_by_cmake():
