@@ -13,13 +13,13 @@ import json
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 
-def lvis_sized_phrases(n: int = 1203) -> List[str]:
+def lvis_sized_phrases(n: int = 1203) -> list[str]:
     """``n`` distinct 1–3-word names from the BERT vocabulary: an LVIS-sized prompt (LVIS's own names are not
     shipped offline). Deterministic."""
     from .prompt import get_tokenizer
@@ -31,7 +31,7 @@ def lvis_sized_phrases(n: int = 1203) -> List[str]:
     names, i = [], 0
     while len(names) < n:
         k = 1 + (len(names) % 3 == 0) + (len(names) % 7 == 0)
-        names.append(" ".join(words[i:i + k]))
+        names.append(" ".join(words[i : i + k]))
         i += k
     return names
 
@@ -41,13 +41,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _stats(xs: List[float]) -> Dict[str, float]:
+def _stats(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
     p95 = xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
     return {"median_ms": 1000 * statistics.median(xs), "p95_ms": 1000 * p95}
 
 
-def _timed(fn: Callable[[], None], device: torch.device, warmup: int, runs: int) -> List[float]:
+def _timed(fn: Callable[[], None], device: torch.device, warmup: int, runs: int) -> list[float]:
     for _ in range(warmup):
         fn()
     out = []
@@ -68,7 +68,7 @@ def _flops(fn: Callable[[], None]) -> float:
     return float(fc.get_total_flops())
 
 
-def run(args: argparse.Namespace) -> Dict[str, object]:
+def run(args: argparse.Namespace) -> dict[str, object]:
     from .engine import GroundingEngine
     from .model import build_model
     from .postprocess import Candidates, head_candidates, select_candidates
@@ -78,15 +78,31 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     device = torch.device(args.device)
     h, w = (int(x) for x in args.size.lower().split("x"))
     model = build_model(args.preset)
-    eng = GroundingEngine(model, device=args.device, precision=args.precision, min_size=None, max_size=None,
-                          max_chunk_batch=args.chunk_batch)
-    phrases = ["red circle", "blue square", "green triangle"] if args.phrases == 3 else lvis_sized_phrases(args.phrases)
+    eng = GroundingEngine(
+        model,
+        device=args.device,
+        precision=args.precision,
+        min_size=None,
+        max_size=None,
+        max_chunk_batch=args.chunk_batch,
+    )
+    phrases = (
+        ["red circle", "blue square", "green triangle"]
+        if args.phrases == 3
+        else lvis_sized_phrases(args.phrases)
+    )
     query_text = ". ".join(phrases)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(args.cameras)]
     cfg = model.config.head
-    res: Dict[str, object] = {"preset": args.preset, "size": f"{h}x{w}", "device": args.device,
-                              "precision": args.precision, "phrases": len(phrases), "cameras": args.cameras}
+    res: dict[str, object] = {
+        "preset": args.preset,
+        "size": f"{h}x{w}",
+        "device": args.device,
+        "precision": args.precision,
+        "phrases": len(phrases),
+        "cameras": args.cameras,
+    }
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
     else:
@@ -100,7 +116,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     res["text_encode_once_ms"] = 1000 * (time.perf_counter() - t0)
     res["chunks"] = q.num_chunks
 
-    stage_times: Dict[str, List[float]] = {k: [] for k in ("preprocess", "backbone", "head", "postprocess")}
+    stage_times: dict[str, list[float]] = {k: [] for k in ("preprocess", "backbone", "head", "postprocess")}
 
     def cached_once() -> None:
         eng.detect(frames, q, score_threshold=0.3, min_size=None, max_size=None)
@@ -110,15 +126,20 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     before = dict(eng.counters)
     e2e = _timed(cached_once, device, args.warmup, args.runs)
     n_calls = args.warmup + args.runs
-    res["cached"] = {"end_to_end": _stats(e2e), **{k: _stats(v[args.warmup:]) for k, v in stage_times.items()},
-                     "text_encodes_per_frame": (eng.counters["text_encodes"] - before["text_encodes"]) / n_calls,
-                     "backbone_calls_per_frame_batch": (eng.counters["image_forwards"] - before["image_forwards"])
-                     / n_calls}
+    res["cached"] = {
+        "end_to_end": _stats(e2e),
+        **{k: _stats(v[args.warmup :]) for k, v in stage_times.items()},
+        "text_encodes_per_frame": (eng.counters["text_encodes"] - before["text_encodes"]) / n_calls,
+        "backbone_calls_per_frame_batch": (eng.counters["image_forwards"] - before["image_forwards"])
+        / n_calls,
+    }
     res["cached"]["frames_per_s"] = args.cameras / (res["cached"]["end_to_end"]["median_ms"] / 1000)
 
     # ---- official-style path --------------------------------------------------------------------------------
     chunk = 40
-    official_prompts = [p for i in range(0, len(phrases), chunk) for p in build_prompts(phrases[i:i + chunk])]
+    official_prompts = [
+        p for i in range(0, len(phrases), chunk) for p in build_prompts(phrases[i : i + chunk])
+    ]
     for i, p in enumerate(official_prompts):
         p.phrase_offset = i * chunk
 
@@ -131,8 +152,16 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                     text = model.encode_text(p.input_ids.to(device), p.attention_mask.to(device))
                     feats = model.encode_image(batch)
                     out = model.forward_head(feats, text)
-                    cands += head_candidates(out, model.anchors(feats), p.token_lists, sizes, model.box_coder,
-                                             cfg.pre_nms_thresh, cfg.pre_nms_top_n, p.phrase_offset)
+                    cands += head_candidates(
+                        out,
+                        model.anchors(feats),
+                        p.token_lists,
+                        sizes,
+                        model.box_coder,
+                        cfg.pre_nms_thresh,
+                        cfg.pre_nms_top_n,
+                        p.phrase_offset,
+                    )
                 select_candidates(Candidates.cat(cands), cfg.nms_thresh, cfg.detections_per_img)
 
     if not args.skip_official:
@@ -147,7 +176,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         with torch.inference_mode():
             p = q.prompts[0]
             batch, _, _ = model.preprocess(frames[:1], None, None, device=device)
-            flops = {"text": _flops(lambda: model.encode_text(p.input_ids.to(device), p.attention_mask.to(device)))}
+            flops = {
+                "text": _flops(lambda: model.encode_text(p.input_ids.to(device), p.attention_mask.to(device)))
+            }
             feats = model.encode_image(batch)
             flops["backbone"] = _flops(lambda: model.encode_image(batch))
             text = eng.encode_prompt(p)
@@ -156,25 +187,36 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     return res
 
 
-def table(res: Dict[str, object]) -> str:
+def table(res: dict[str, object]) -> str:
     c = res["cached"]
-    rows = [f"| stage | cached median ms | cached p95 ms |", "|---|---|---|"]
+    rows = ["| stage | cached median ms | cached p95 ms |", "|---|---|---|"]
     for k in ("preprocess", "backbone", "head", "postprocess", "end_to_end"):
         rows.append(f"| {k} | {c[k]['median_ms']:.1f} | {c[k]['p95_ms']:.1f} |")
-    lines = ["`" + " ".join(f"{k}={res[k]}" for k in ("preset", "size", "device", "precision", "phrases", "cameras"))
-             + f" chunks={res['chunks']}` on {res.get('gpu') or res.get('cpu')}", "", *rows, "",
-             f"text encoded once per query: {res['text_encode_once_ms']:.1f} ms; per frame: "
-             f"{c['text_encodes_per_frame']:.0f} text encodes, {c['backbone_calls_per_frame_batch']:.0f} backbone call(s) "
-             f"per batch of {res['cameras']} frame(s); {c['frames_per_s']:.2f} frames/s"]
+    lines = [
+        "`"
+        + " ".join(f"{k}={res[k]}" for k in ("preset", "size", "device", "precision", "phrases", "cameras"))
+        + f" chunks={res['chunks']}` on {res.get('gpu') or res.get('cpu')}",
+        "",
+        *rows,
+        "",
+        f"text encoded once per query: {res['text_encode_once_ms']:.1f} ms; per frame: "
+        f"{c['text_encodes_per_frame']:.0f} text encodes, {c['backbone_calls_per_frame_batch']:.0f} backbone call(s) "
+        f"per batch of {res['cameras']} frame(s); {c['frames_per_s']:.2f} frames/s",
+    ]
     if "official" in res:
         o = res["official"]
-        lines.append(f"official-style: {o['end_to_end']['median_ms']:.1f} ms median (p95 {o['end_to_end']['p95_ms']:.1f}),"
-                     f" {o['prompts_per_frame']} whole-model forward(s) per camera frame, {o['frames_per_s']:.2f} frames/s;"
-                     f" cached is {res['speedup']:.2f}x faster")
+        lines.append(
+            f"official-style: {o['end_to_end']['median_ms']:.1f} ms median (p95 {o['end_to_end']['p95_ms']:.1f}),"
+            f" {o['prompts_per_frame']} whole-model forward(s) per camera frame, {o['frames_per_s']:.2f} frames/s;"
+            f" cached is {res['speedup']:.2f}x faster"
+        )
     if "gflops" in res:
         g = res["gflops"]
         tot = sum(g.values())
-        lines.append("GFLOPs (1 frame, 1 chunk): " + ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)" for k, v in g.items()))
+        lines.append(
+            "GFLOPs (1 frame, 1 chunk): "
+            + ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)" for k, v in g.items())
+        )
     return "\n".join(lines)
 
 

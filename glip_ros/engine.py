@@ -103,6 +103,7 @@ class GroundingEngine:
         max_size: int | None = -1,
         max_chunk_batch: int = 8,
         max_query_chars: int = 50000,
+        head_precision: str = "fp32",
     ):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -113,6 +114,8 @@ class GroundingEngine:
             raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.model = model.to(self.device).eval()
         self.precision = precision
+        # "fp32" (default): the head runs in fp32 whatever ``precision`` is; "auto": same as the backbone.
+        self.head_precision = head_precision
         self.min_size = model.config.min_size if min_size == -1 else min_size
         self.max_size = model.config.max_size if max_size == -1 else max_size
         self.max_chunk_batch = max(1, int(max_chunk_batch))
@@ -212,6 +215,9 @@ class GroundingEngine:
         return text
 
     # -- frames -------------------------------------------------------------------------------------------------
+    def _head_precision(self):
+        return self._autocast() if self.head_precision == "auto" else contextlib.nullcontext()
+
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
@@ -260,6 +266,9 @@ class GroundingEngine:
             t1 = time.perf_counter()
             with self._autocast():
                 feats = self.model.encode_image(batch)
+            # Reduced precision stops at the backbone: the fusion softmaxes, the BERT layers and the token
+            # logits decide rankings and are run in fp32 (measured: bf16 there reorders the top detections).
+            feats = [f.float() for f in feats]
             self.counters["image_forwards"] += 1
             anchors = self.model.anchors(feats)
             t2 = time.perf_counter()
@@ -296,12 +305,12 @@ class GroundingEngine:
         texts = [self.encode_prompt(p) for p in query.prompts]
         if not head.early_fusion:
             # No deep fusion: the visual tower does not depend on the text; run it once per frame.
-            with self._autocast():
+            with self._head_precision():
                 visual, _ = head.run_tower(feats, texts[0])
                 bbox_reg, centerness = head.box_outputs(visual)
             self.counters["head_forwards"] += 1
             for p, t in zip(query.prompts, texts, strict=False):
-                with self._autocast():
+                with self._head_precision():
                     proj, bias = head.token_projection(t.embedded.to(self.device))
                     logits = head.alignment_logits(visual, proj.expand(n_img, -1, -1), bias.expand(n_img, -1))
                 yield HeadOutputs(logits, bbox_reg, centerness, head.cls_logits.out_channels), p, img_idx
@@ -320,7 +329,7 @@ class GroundingEngine:
                     torch.cat([t.embedded.expand(n_img, -1, -1) for t in chunk_texts]),
                     torch.cat([t.masks.expand(n_img, -1) for t in chunk_texts]),
                 )
-            with self._autocast():
+            with self._head_precision():
                 out = head(vis, text)
             self.counters["head_forwards"] += 1
             for j, p in enumerate(prompts):

@@ -1,0 +1,51 @@
+"""glip-detect and glip-convert as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import FIXTURES, REDUCED, REPO
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "glip_ros.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_detect_with_an_official_config_returns_the_fixture_detections(fixtures_dir, reduced_tensors):
+    r = _run(
+        str(FIXTURES / "image_320x480.png"),
+        "--query",
+        "red circle. blue square. green triangle.",
+        "--checkpoint",
+        str(REDUCED / "weights_fp16.safetensors"),
+        "--config",
+        str(REDUCED / "config_merged.yaml"),
+        "--bert-config",
+        str(REDUCED / "bert_config.json"),
+        "--threshold",
+        "0",
+        "--min-size",
+        "0",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    dets = json.loads(r.stdout)
+    assert len(dets) == len(reduced_tensors["output__scores"]) == 100
+    assert abs(dets[0]["score"] - float(reduced_tensors["output__scores"].max())) < 1e-3
+
+
+def test_detect_reports_bad_inputs_clearly(tmp_path):
+    r = _run(str(tmp_path / "missing.png"), "--query", "cat")
+    assert r.returncode == 2 and "cannot read image" in r.stderr
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(img)
+    r = _run(str(img), "--query", "cat", "--checkpoint", str(tmp_path / "nope.pth"), "--preset", "glip_t")
+    assert r.returncode == 2 and "not found" in r.stderr
+    r = _run(str(img), "--query", " . , ", "--checkpoint", str(tmp_path / "nope.pth"), "--preset", "glip_t")
+    assert r.returncode == 2
