@@ -92,6 +92,23 @@ class PreparedQuery:
         return len(self.prompts)
 
 
+def _stack_texts(texts: Sequence[TextFeatures], n_img: int) -> TextFeatures:
+    """Chunk-major batch of text features, zero-padded (and masked) to the longest chunk."""
+    t_max = max(t.hidden.shape[1] for t in texts)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        extra = t_max - x.shape[1]
+        if extra == 0:
+            return x
+        return torch.cat([x, x.new_zeros((x.shape[0], extra, *x.shape[2:]))], dim=1)
+
+    return TextFeatures(
+        torch.cat([pad(t.hidden).expand(n_img, -1, -1) for t in texts]),
+        torch.cat([pad(t.embedded).expand(n_img, -1, -1) for t in texts]),
+        torch.cat([pad(t.masks).expand(n_img, -1) for t in texts]),
+    )
+
+
 class GroundingEngine:
     def __init__(
         self,
@@ -104,6 +121,7 @@ class GroundingEngine:
         max_chunk_batch: int = 8,
         max_query_chars: int = 50000,
         head_precision: str = "fp32",
+        text_padding: str = "tight",
     ):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -114,6 +132,10 @@ class GroundingEngine:
             raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.model = model.to(self.device).eval()
         self.precision = precision
+        if text_padding not in ("tight", "max"):
+            raise ValueError(f"text_padding must be 'tight' or 'max', got {text_padding!r}")
+        # "max" pads every prompt to 256 tokens exactly as the official code; "tight" to the next multiple of 8.
+        self.text_padding = text_padding
         # "fp32" (default): the head runs in fp32 whatever ``precision`` is; "auto": same as the backbone.
         self.head_precision = head_precision
         self.min_size = model.config.min_size if min_size == -1 else min_size
@@ -203,10 +225,14 @@ class GroundingEngine:
                 self._cache.move_to_end(key)
                 self.counters["text_cache_hits"] += 1
                 return hit
+        ids, mask = prompt.input_ids, prompt.attention_mask
+        if self.text_padding == "tight":
+            # Padding tokens are masked everywhere (BERT keys, fusion text softmax, the score's token mean), so
+            # cutting them changes nothing for the real tokens but the cost of every fusion layer.
+            n = min(ids.shape[1], -(-prompt.num_tokens // 8) * 8)
+            ids, mask = ids[:, :n], mask[:, :n]
         with torch.inference_mode():
-            text = self.model.encode_text(
-                prompt.input_ids.to(self.device), prompt.attention_mask.to(self.device)
-            )
+            text = self.model.encode_text(ids.to(self.device), mask.to(self.device))
         self.counters["text_encodes"] += 1
         with self._lock:
             self._cache[key] = text
@@ -324,11 +350,7 @@ class GroundingEngine:
                 text = chunk_texts[0].repeat(n_img) if n_img > 1 else chunk_texts[0]
             else:  # chunk-major batch: index = chunk * n_img + image
                 vis = [f.repeat(k, 1, 1, 1) for f in feats]
-                text = TextFeatures(
-                    torch.cat([t.hidden.expand(n_img, -1, -1) for t in chunk_texts]),
-                    torch.cat([t.embedded.expand(n_img, -1, -1) for t in chunk_texts]),
-                    torch.cat([t.masks.expand(n_img, -1) for t in chunk_texts]),
-                )
+                text = _stack_texts(chunk_texts, n_img)
             with self._head_precision():
                 out = head(vis, text)
             self.counters["head_forwards"] += 1
