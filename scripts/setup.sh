@@ -12,7 +12,7 @@
 # Environment overrides:
 #   PYTHON            interpreter used to create the venv (default: python3)
 #   GLIP_TORCH        torch requirement(s) (default: "torch==2.14.1 torchvision==0.29.1", on this disk)
-#   GLIP_SETUP_FORCE  1 = reinstall pip packages and rebuild vision_msgs even when present
+#   GLIP_SETUP_FORCE  1 = run every step even when its stamp says it is done (pip, vision_msgs build)
 #   GLIP_SETUP_JOBS   parallel build jobs (default: number of CPUs)
 #
 # On a machine with a real ROS 2 install you do not need this script: see README, "Using it on a robot".
@@ -68,6 +68,7 @@ else
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
+PIP_INSTALL=(install --progress-bar off)
 PYVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,10 +93,10 @@ STAMP="$VENV/.glip_ros_deps"
 WANT="$(printf '%s\n' "python $PYVER" "${PY_DEPS[@]}" "${ROS_DEPS[@]}")"
 if [ "$FORCE" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
    && "$PY" -c 'import torch, torchvision, transformers, timm, rclpy, rosidl_generator_py' 2>/dev/null; then
-  note "up to date (list unchanged since the last run; GLIP_SETUP_FORCE=1 reinstalls)"
+  note "up to date (list unchanged since the last run; GLIP_SETUP_FORCE=1 runs pip anyway)"
 else
   rm -f "$STAMP"
-  "${PIP[@]}" install "${PY_DEPS[@]}" "${ROS_DEPS[@]}"
+  "${PIP[@]}" "${PIP_INSTALL[@]}" "${PY_DEPS[@]}" "${ROS_DEPS[@]}"
   printf '%s\n' "$WANT" > "$STAMP"
   note "installed"
 fi
@@ -167,7 +168,7 @@ note "generated code in $SITE/glip_ros/{msg,srv}"
 step "pip install -e . (glip_ros, console scripts)"
 # With its dependencies (and the dev extras), so one that pyproject.toml gains later is installed too;
 # all are normally there already from the step above. The torch pin is repeated so it cannot move.
-EDITABLE=("${PIP[@]}" install --no-build-isolation -e "$ROOT[dev]" $GLIP_TORCH)
+EDITABLE=("${PIP[@]}" "${PIP_INSTALL[@]}" --no-build-isolation -e "$ROOT[dev]" $GLIP_TORCH)
 PSTAMP="$VENV/.glip_ros_pyproject"
 PWANT="$(printf '%s\n' "${EDITABLE[*]}"; cat "$ROOT/pyproject.toml")"
 if [ "$FORCE" != 1 ] && [ -f "$PSTAMP" ] && [ "$(cat "$PSTAMP")" = "$PWANT" ] \
