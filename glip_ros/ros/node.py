@@ -189,9 +189,15 @@ class GlipNode(LifecycleNode):
 
         # Health is reported in every lifecycle state (a node that failed to configure says why).
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        period = float(self.get_parameter("diagnostics_period").value)
+        self._diag_timer: Any = None
+        self._start_diagnostics_timer()
+
+    def _start_diagnostics_timer(self) -> None:
+        """(Re)create the diagnostics timer: steady clock, so reports continue while a sim is paused."""
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
         self._diag_timer = self.create_timer(
-            period,
+            float(self.param("diagnostics_period")),
             self._publish_diagnostics,
             callback_group=self._diag_group,
             clock=Clock(clock_type=ClockType.STEADY_TIME),
@@ -439,6 +445,7 @@ class GlipNode(LifecycleNode):
         self._active = True
         self._worker = threading.Thread(target=self._work_loop, name="glip_worker", daemon=True)
         self._worker.start()
+        self._start_diagnostics_timer()
         self._publish_query_state()
         self._state_label = "active"
         topics = ", ".join(c.input_topic for c in cameras)

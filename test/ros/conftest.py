@@ -28,8 +28,16 @@ _domains = itertools.count()
 
 
 def unique_domain_id() -> int:
-    """A ROS domain id unlikely to be used by another test process on this machine (1..200)."""
-    return 1 + (os.getpid() * 13 + next(_domains) * 37) % 200
+    """A ROS domain id for one node under test.
+
+    scripts/test.sh claims a free ROS_DOMAIN_ID for the whole run (a lock per id), so the modules' nodes use
+    it in turn (each module's node is stopped before the next starts). Without it (plain pytest), an id in
+    102..201 derived from the pid, away from the ids test.sh hands out.
+    """
+    env = os.environ.get("ROS_DOMAIN_ID", "").strip()
+    if env.isdigit():
+        return int(env)
+    return 102 + (os.getpid() * 13 + next(_domains) * 37) % 100
 
 
 @pytest.fixture(scope="session")

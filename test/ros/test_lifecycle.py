@@ -1,0 +1,145 @@
+"""glip_node's lifecycle: a missing checkpoint leaves it alive and unconfigured (issue 3 acceptance 4), the
+model parameters change through a lifecycle reconfigure (acceptance 5), and compressed input with a corrupt
+JPEG among good ones (acceptance 4).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .conftest import sensor_qos, start_node, wait_for
+
+pytestmark = pytest.mark.ros
+
+NODE = "/glip_node"
+
+
+@pytest.fixture(scope="module")
+def managed(request: pytest.FixtureRequest, tiny_checkpoint: tuple[str, str]):
+    """A node started with a checkpoint path that does not exist (configure must fail, the node live on)."""
+    _, preset = tiny_checkpoint
+    params = {
+        "checkpoint": "/nonexistent/model.pt",
+        "preset": preset,
+        "device": "cpu",
+        "min_size": 256,
+        "diagnostics_period": 0.5,
+        "query": "red circle",
+    }
+    yield from start_node(request, params, ready=None)
+
+
+def lifecycle(client: Any, transition: str | None = None) -> str:
+    """Trigger a transition (by label, e.g. 'configure') or just read the state; returns the state label."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    node = client.node
+    if transition is not None:
+        ids = {
+            "configure": Transition.TRANSITION_CONFIGURE,
+            "activate": Transition.TRANSITION_ACTIVATE,
+            "deactivate": Transition.TRANSITION_DEACTIVATE,
+            "cleanup": Transition.TRANSITION_CLEANUP,
+        }
+        cli = node.create_client(ChangeState, f"{NODE}/change_state")
+        try:
+            req = ChangeState.Request()
+            req.transition.id = ids[transition]
+            client.call(cli, req, timeout=60)
+        finally:
+            node.destroy_client(cli)
+    cli = node.create_client(GetState, f"{NODE}/get_state")
+    try:
+        return client.call(cli, GetState.Request(), timeout=60).current_state.label
+    finally:
+        node.destroy_client(cli)
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def test_missing_checkpoint_leaves_the_node_alive_and_unconfigured(managed) -> None:
+    node, client = managed
+    wait_for(lambda: "configure failed" in node.output() or not node.alive(), 60, "the configure failure")
+    assert node.alive()
+    assert "checkpoint file not found" in node.output()
+    assert lifecycle(client) == "unconfigured"
+    status = client.grounding_status()
+    assert status["_level"] == "2" and "checkpoint file not found" in status["_message"]
+    assert status["bad_input.model_load"] == "1"
+    # while unconfigured: a missing file is refused with the reason, a wrong type too; both counted
+    (res,) = client.set_parameters(NODE, {"checkpoint": "/still/missing.pt"})
+    assert not res.successful and "not found" in res.reason
+    (res,) = client.set_parameters(NODE, {"checkpoint": 42})
+    assert not res.successful
+    assert int(client.grounding_status()["bad_input.param_rejected"]) >= 2
+
+
+def test_reconfigure_with_a_valid_checkpoint_and_compressed_input(managed, tiny_checkpoint) -> None:
+    """Acceptance 5 (set model params while not active, then configure/activate) and a corrupt JPEG."""
+    from sensor_msgs.msg import CompressedImage
+    from vision_msgs.msg import Detection2DArray
+
+    node, client = managed
+    path, _ = tiny_checkpoint
+    results = client.set_parameters(NODE, {"checkpoint": path, "transport": "compressed"})
+    assert all(r.successful for r in results), [r.reason for r in results]
+    assert lifecycle(client, "configure") == "inactive"
+    assert lifecycle(client, "activate") == "active"
+
+    got: list[Any] = []
+    sub = client.node.create_subscription(Detection2DArray, "detections", got.append, 10)
+    pub = client.node.create_publisher(CompressedImage, "image/compressed", sensor_qos(reliable=True))
+    wait_for(lambda: pub.get_subscription_count() > 0, 20, "the node's compressed image subscription")
+    before = client.grounding_status()
+    rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    good = jpeg(rgb)
+    corrupt = good[:200] + b"\x00" * 50  # a header and then garbage
+
+    def send(data: bytes, frame_id: str) -> None:
+        msg = CompressedImage(format="jpeg")
+        msg.header.stamp = client.node.get_clock().now().to_msg()
+        msg.header.frame_id = frame_id
+        msg.data = data
+        pub.publish(msg)
+
+    for i in range(12):
+        send(corrupt if i % 2 else good, "bad" if i % 2 else "good")
+        time.sleep(0.3)
+    wait_for(lambda: len(got) >= 3, 20, "answers to the good JPEG frames")
+    after = client.grounding_status()
+    assert int(after["bad_input.corrupt_compressed"]) > int(before["bad_input.corrupt_compressed"])
+    assert all(m.header.frame_id == "good" for m in got), "a corrupt frame was answered"
+    assert "corrupt_compressed" in node.output()
+    client.node.destroy_subscription(sub)
+    client.node.destroy_publisher(pub)
+
+
+def test_model_parameters_change_through_a_lifecycle_reconfigure(managed, tiny_checkpoint) -> None:
+    node, client = managed
+    path, _ = tiny_checkpoint
+    assert lifecycle(client) == "active"
+    (res,) = client.set_parameters(NODE, {"precision": "bf16"})
+    assert not res.successful and "lifecycle reconfigure" in res.reason
+    assert lifecycle(client, "deactivate") == "inactive"
+    assert lifecycle(client, "cleanup") == "unconfigured"
+    assert client.grounding_status()["state"] == "unconfigured"
+    results = client.set_parameters(NODE, {"precision": "bf16", "min_size": 224})
+    assert all(r.successful for r in results), [r.reason for r in results]
+    assert lifecycle(client, "configure") == "inactive"
+    assert lifecycle(client, "activate") == "active"
+    status = client.grounding_status()
+    assert status["state"] == "active" and status["phrases"] == "red circle"
+    assert "precision=bf16" in node.output()
+    assert node.alive()
