@@ -23,7 +23,14 @@ import torch
 from .model import GLIPModel, build_model, load_checkpoint, read_checkpoint_config
 from .model.head import HeadOutputs
 from .model.language import TextFeatures
-from .postprocess import Candidates, Detection, finalize, head_candidates, select_candidates
+from .postprocess import (
+    Candidates,
+    Detection,
+    finalize,
+    finalize_sentence,
+    head_candidates,
+    select_candidates,
+)
 from .prompt import Prompt, QueryError, build_prompts, get_tokenizer
 
 __all__ = [
@@ -266,7 +273,11 @@ class GroundingEngine:
         for group in self._groups(images, min_size, max_size):
             cands, scales = self.candidates([images[i] for i in group], query, min_size, max_size)
             for i, c, s in zip(group, cands, scales, strict=False):
-                results[i] = finalize(c, s, query.phrases, score_threshold)
+                if query.prompts[0].sentence:
+                    nms = self.model.config.head.nms_thresh
+                    results[i] = finalize_sentence(c, s, query.prompts[0], score_threshold, nms)
+                else:
+                    results[i] = finalize(c, s, query.phrases, score_threshold)
         self.counters["frames"] += len(images)
         return results  # type: ignore[return-value]
 
@@ -309,6 +320,7 @@ class GroundingEngine:
                     cfg.pre_nms_thresh,
                     cfg.pre_nms_top_n,
                     label_offset=prompt.phrase_offset,
+                    keep_token_probs=prompt.sentence,
                 )
                 for i, c in zip(idx, sel, strict=False):
                     per_image[i].append(c)

@@ -34,14 +34,23 @@ class Candidates:
     boxes: torch.Tensor  # [N, 4] xyxy in the resized image
     scores: torch.Tensor  # [N] sqrt(prob × centerness)
     labels: torch.Tensor  # [N] phrase index in the whole query (0-based)
+    token_probs: torch.Tensor | None = None  # [N, T] per-token probabilities at each box (sentence mode only)
 
     @staticmethod
     def cat(items: Sequence[Candidates]) -> Candidates:
+        probs = None
+        if items and all(c.token_probs is not None for c in items):
+            probs = torch.cat([c.token_probs for c in items])
         return Candidates(
             torch.cat([c.boxes for c in items]),
             torch.cat([c.scores for c in items]),
             torch.cat([c.labels for c in items]),
+            probs,
         )
+
+    def index(self, keep: torch.Tensor) -> Candidates:
+        probs = self.token_probs[keep] if self.token_probs is not None else None
+        return Candidates(self.boxes[keep], self.scores[keep], self.labels[keep], probs)
 
     def __len__(self) -> int:
         return int(self.scores.numel())
@@ -82,11 +91,13 @@ def level_candidates(
     pre_nms_thresh: float,
     pre_nms_top_n: int,
     label_offset: int = 0,
+    keep_token_probs: bool = False,
 ) -> list[Candidates]:
     """One pyramid level, every image of the batch (``forward_for_single_feature_map``)."""
     logits = logits.float()
     n_img = logits.shape[0]
-    scores = phrase_scores(logits.sigmoid(), token_lists)  # [B, HW, P]
+    probs = logits.sigmoid()
+    scores = phrase_scores(probs, token_lists)  # [B, HW, P]
     reg = bbox_reg.float().flatten(2).transpose(1, 2)  # [B, HW, 4]
     ctr = centerness.float().flatten(1).sigmoid()  # [B, HW]
     cand = scores > pre_nms_thresh
@@ -107,7 +118,8 @@ def level_candidates(
         boxes[:, 2].clamp_(min=0, max=w - 1)
         boxes[:, 3].clamp_(min=0, max=h - 1)
         keep = ((boxes[:, 2] - boxes[:, 0] + 1) >= 0) & ((boxes[:, 3] - boxes[:, 1] + 1) >= 0)  # min_size 0
-        out.append(Candidates(boxes[keep], torch.sqrt(vals[keep]), cls[keep] + label_offset))
+        tok = probs[i][loc][keep] if keep_token_probs else None
+        out.append(Candidates(boxes[keep], torch.sqrt(vals[keep]), cls[keep] + label_offset, tok))
     return out
 
 
@@ -120,6 +132,7 @@ def head_candidates(
     pre_nms_thresh: float,
     pre_nms_top_n: int,
     label_offset: int = 0,
+    keep_token_probs: bool = False,
 ) -> list[Candidates]:
     """All levels of one head output, concatenated per image in level order (``cat_boxlist``)."""
     per_level = [
@@ -134,6 +147,7 @@ def head_candidates(
             pre_nms_thresh,
             pre_nms_top_n,
             label_offset,
+            keep_token_probs,
         )
         for lv in range(len(out.logits))
     ]
@@ -163,12 +177,12 @@ def class_aware_nms(c: Candidates, thresh: float, vanilla_max_classes: int = 64)
 def select_candidates(c: Candidates, nms_thresh: float, detections_per_img: int) -> Candidates:
     """``select_over_all_levels``: class-aware NMS then keep the top ``detections_per_img`` (ties kept)."""
     keep = class_aware_nms(c, nms_thresh)
-    c = Candidates(c.boxes[keep], c.scores[keep], c.labels[keep])
+    c = c.index(keep)
     n = len(c)
     if n > detections_per_img > 0:
         thresh, _ = torch.kthvalue(c.scores.cpu().float(), n - detections_per_img + 1)
         keep = torch.nonzero(c.scores >= thresh.item()).squeeze(1)
-        c = Candidates(c.boxes[keep], c.scores[keep], c.labels[keep])
+        c = c.index(keep)
     return c
 
 
@@ -189,3 +203,63 @@ def finalize(
         lab = int(labels[i])
         dets.append(Detection(tuple(float(v) for v in boxes[i]), float(scores[i]), phrases[lab], lab))
     return dets
+
+
+def sentence_phrase(token_probs: torch.Tensor, prompt, word_index: int, rel: float = 0.5) -> str:
+    """The phrase a box grounds to in a free-form sentence: the run of tokens around the box's best word whose
+    probability is at least ``rel`` × that word's, trimmed of stop words (no NLTK needed, nothing downloaded)."""
+    from .prompt import STOPWORDS
+
+    spans = prompt.token_spans
+    n = prompt.num_tokens
+    toks = prompt.token_lists[word_index] or [1]
+    best = max(toks, key=lambda t: float(token_probs[t]))
+    thr = rel * float(token_probs[best])
+
+    def usable(t: int) -> bool:
+        b, e = spans[t]
+        return 0 < t < n - 1 and e > b and any(ch.isalnum() for ch in prompt.caption[b:e])
+
+    lo = hi = best
+    while usable(lo - 1) and float(token_probs[lo - 1]) >= thr:
+        lo -= 1
+    while usable(hi + 1) and float(token_probs[hi + 1]) >= thr:
+        hi += 1
+    words = prompt.caption[spans[lo][0] : spans[hi][1]].split()
+    while len(words) > 1 and words[0].lower() in STOPWORDS:
+        words.pop(0)
+    while len(words) > 1 and words[-1].lower() in STOPWORDS:
+        words.pop()
+    return " ".join(words) or prompt.phrases[word_index]
+
+
+def finalize_sentence(
+    c: Candidates, scale: tuple[float, float], prompt, score_threshold: float, nms_thresh: float
+) -> list[Detection]:
+    """Sentence mode: name each box by the tokens it grounds to, then drop duplicates of the same phrase."""
+    dets = finalize(c, scale, prompt.phrases, score_threshold)
+    if not dets or c.token_probs is None:
+        return dets
+    keep = c.scores > score_threshold
+    probs = c.token_probs[keep].cpu()
+    scores = c.scores[keep].cpu().float()
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    named = []
+    for det, i in zip(dets, order, strict=True):
+        det.phrase = sentence_phrase(probs[i], prompt, det.phrase_index)
+        named.append(det)
+    out: list[Detection] = []
+    for d in named:  # already sorted by score: keep a box unless a kept one has its phrase and overlaps it
+        box = torch.tensor([d.box_xyxy])
+        if any(
+            o.phrase == d.phrase and float(_iou1(box, torch.tensor([o.box_xyxy]))) > nms_thresh for o in out
+        ):
+            continue
+        out.append(d)
+    return out
+
+
+def _iou1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from torchvision.ops import box_iou
+
+    return box_iou(a + torch.tensor([0.0, 0.0, 1.0, 1.0]), b + torch.tensor([0.0, 0.0, 1.0, 1.0]))[0, 0]

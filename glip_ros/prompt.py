@@ -47,6 +47,10 @@ class Prompt:
         default_factory=list
     )  # official positive_map_label_to_token, 0-based
     phrase_offset: int = 0  # index of this chunk's first phrase in the whole query
+    # Free-form sentence: the "phrases" are its content words; each box's phrase is read off the tokens it
+    # grounds to (see postprocess.sentence_phrase). token_spans: character span of every token ((0, 0) if none).
+    sentence: bool = False
+    token_spans: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -117,6 +121,9 @@ def _encode(
     for j, toks in enumerate(token_lists):
         if toks:
             pm[j, toks] = 1.0
+    offsets = tokenizer(
+        [caption], max_length=max_len, padding="max_length", truncation=True, return_offsets_mapping=True
+    )["offset_mapping"][0]
     return Prompt(
         caption,
         list(phrases),
@@ -126,6 +133,7 @@ def _encode(
         pm,
         token_lists,
         phrase_offset,
+        token_spans=[tuple(o) for o in offsets],
     )
 
 
@@ -190,6 +198,8 @@ def build_prompts(
     names = split_query(query)
     if not names:
         raise QueryError(f"the query has no words, only punctuation or spaces: {query[:40]!r}")
+    if len(names) == 1 and len(names[0].split()) >= SENTENCE_MIN_WORDS:
+        return [_sentence_prompt(query, tokenizer, max_len)]
     spans, pos = [], 0
     for p in names:
         s = _locate(query, p, pos)
@@ -197,6 +207,26 @@ def build_prompts(
         spans.append([s])
         pos = s[1]
     return _chunked(query, names, spans, tokenizer, max_len)
+
+
+SENTENCE_MIN_WORDS = 4
+STOPWORDS = frozenset(
+    "a an the this that these those of to in on at by for from with without and or but is are was were be "
+    "been it its there here where which who what next near left right behind above below under over between "
+    "beside besides front back top bottom side into onto off up down out please find show me my your our "
+    "their his her some any all every one two three".split()
+)
+
+
+def _sentence_prompt(caption: str, tokenizer, max_len: int) -> Prompt:
+    """A free-form sentence: the candidate classes are its content words (stop words dropped)."""
+    words = [(m.group(0), m.start(), m.end()) for m in re.finditer(r"[^\W_]+(?:['-][^\W_]+)*", caption)]
+    content = [(w, b, e) for w, b, e in words if w.lower() not in STOPWORDS] or words
+    if not content:
+        raise QueryError(f"the sentence has no words: {caption[:40]!r}")
+    p = _encode(caption, [w for w, _, _ in content], [[(b, e)] for _, b, e in content], tokenizer, max_len)
+    p.sentence = True
+    return p
 
 
 def _chunked(
