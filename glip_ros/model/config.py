@@ -186,6 +186,12 @@ def _glip_tiny_test() -> GLIPConfig:
     )
 
 
+def _no_fusion(cfg: GLIPConfig, name: str) -> GLIPConfig:
+    cfg.name = name
+    cfg.head.early_fusion = False
+    return cfg
+
+
 def _glip_t_reduced() -> GLIPConfig:
     """The shared parity fixture's reduced GLIP-T (built there through official config overrides)."""
     return GLIPConfig(
@@ -206,6 +212,7 @@ PRESETS = {
     "glip_l": _glip_l,
     "glip_t_reduced": _glip_t_reduced,
     "glip_tiny_test": _glip_tiny_test,
+    "glip_tiny_test_a": lambda: _no_fusion(_glip_tiny_test(), "glip_tiny_test_a"),
 }
 
 
