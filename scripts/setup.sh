@@ -120,8 +120,14 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------------
-export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
-export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+# Build against the venv only, even in a shell where a system ROS was sourced (its Python packages and
+# CMake configs are for another Python and would be mixed in).
+if [ -n "${ROS_DISTRO:-}${PYTHONPATH:-}" ]; then
+  echo "    note: ignoring ROS_DISTRO='${ROS_DISTRO:-}' PYTHONPATH='${PYTHONPATH:-}' for the build"
+fi
+unset PYTHONPATH
+export AMENT_PREFIX_PATH="$VENV"
+export CMAKE_PREFIX_PATH="$VENV"
 CMAKE_ARGS=(
   -DCMAKE_BUILD_TYPE=Release
   -DCMAKE_PREFIX_PATH="$VENV"

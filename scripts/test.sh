@@ -36,6 +36,10 @@ fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 
+if [ -n "${PYTHONPATH:-}" ]; then
+  echo "test.sh: warning: PYTHONPATH is set ($PYTHONPATH); a sourced system ROS mixes with the venv's" >&2
+fi
 echo "test.sh: ROS_DOMAIN_ID=$ROS_DOMAIN_ID GLIP_SHARED_DIR=$GLIP_SHARED_DIR"
-# Not exec: the trap above releases the domain lock when pytest ends.
-.venv/bin/python -m pytest -q test "$@"
+# Not exec: the trap above releases the domain lock when pytest ends. Without path arguments pytest
+# collects `testpaths` (test/) from pyproject.toml.
+.venv/bin/python -m pytest -q "$@"
