@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         min_size=None,
         max_size=None,
         max_chunk_batch=args.chunk_batch,
+        head_precision=args.head_precision,
+        text_padding=args.text_padding,
     )
     phrases = (
         ["red circle", "blue square", "green triangle"]
@@ -102,6 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "precision": args.precision,
         "phrases": len(phrases),
         "cameras": args.cameras,
+        "head_precision": args.head_precision,
+        "text_padding": args.text_padding,
     }
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
@@ -199,7 +203,10 @@ def table(res: dict[str, object]) -> str:
         rows.append(f"| {k} | {c[k]['median_ms']:.1f} | {c[k]['p95_ms']:.1f} |")
     lines = [
         "`"
-        + " ".join(f"{k}={res[k]}" for k in ("preset", "size", "device", "precision", "phrases", "cameras"))
+        + " ".join(
+            f"{k}={res[k]}"
+            for k in ("preset", "size", "device", "precision", "head_precision", "text_padding", "phrases", "cameras")
+        )
         + f" chunks={res['chunks']}` on {res.get('gpu') or res.get('cpu')}",
         "",
         *rows,
@@ -240,6 +247,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--chunk-batch", type=int, default=8)
+    ap.add_argument("--head-precision", default="fp32", choices=["fp32", "auto"],
+                    help="fp32: only the backbone follows --precision; auto: the head too")
+    ap.add_argument("--text-padding", default="tight", choices=["tight", "max"])
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--flops", action="store_true")
     ap.add_argument("--json", help="also write the raw results to this file")
