@@ -34,14 +34,17 @@ def _yaml_str(s: str) -> str:
 def build_commands(args: argparse.Namespace, params_dir: str) -> dict[str, list[str]]:
     """The three command lines of the demo graph (also used by the launch-file test)."""
     py = sys.executable
-    node_params = [
-        "-p", f"checkpoint:={args.checkpoint or ''}",
-        "-p", f"device:={args.device}",
-        "-p", "query:=''",
-        "-p", f"score_threshold:={args.score_threshold}",
-    ]  # fmt: skip
-    if args.min_size is not None:
-        node_params += ["-p", f"min_size:={args.min_size}"]
+    node_yaml = os.path.join(params_dir, "glip_node.yaml")
+    with open(node_yaml, "w") as f:  # a params file: quoting of empty strings on a CLI is fragile
+        f.write("glip_node:\n  ros__parameters:\n")
+        f.write(f"    checkpoint: {_yaml_str(args.checkpoint or '')}\n")
+        f.write(f"    preset: {_yaml_str(args.preset or '')}\n")
+        f.write(f"    device: {_yaml_str(args.device)}\n")
+        f.write("    query: ''\n")
+        f.write(f"    score_threshold: {float(args.score_threshold)}\n")
+        if args.min_size is not None:
+            f.write(f"    min_size: {int(args.min_size)}\n")
+    node_params = ["--params-file", node_yaml]
     script_yaml = os.path.join(params_dir, "scripted_queries.yaml")
     with open(script_yaml, "w") as f:
         f.write("glip_scripted_queries:\n  ros__parameters:\n")
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit code (0 = every query acknowledged and answered)."""
     ap = argparse.ArgumentParser(prog="glip-demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="", help="model checkpoint (default: the embedded default model)")
+    ap.add_argument("--preset", default="", help="model preset, for checkpoints without an embedded config")
     ap.add_argument("--out", default="out/demo", help="folder for annotated frames (default: out/demo)")
     ap.add_argument("--duration", type=float, default=24.0, help="seconds of the query script, all queries")
     ap.add_argument(

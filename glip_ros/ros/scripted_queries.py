@@ -59,10 +59,11 @@ def main(args: list[str] | None = None) -> int:
     max_images = int(node.declare_parameter("max_images", 5).value)
 
     lock = threading.Lock()
-    state: dict[str, Any] = {"after_ns": None, "dets": [], "images": []}
+    state: dict[str, Any] = {"after_ns": None, "dets": [], "images": [], "seen": 0}
 
     def on_dets(msg: Detection2DArray) -> None:
         with lock:
+            state["seen"] += 1
             if state["after_ns"] is not None and _stamp_ns(msg.header) > state["after_ns"]:
                 state["dets"].append(msg)
 
@@ -89,6 +90,14 @@ def main(args: list[str] | None = None) -> int:
         print(f"[demo] waiting up to {wait_timeout:.0f} s for {client.srv_name} ...", flush=True)
         if not client.wait_for_service(timeout_sec=wait_timeout):
             print(f"[demo] ERROR: {client.srv_name} did not appear; is glip_node running?", flush=True)
+            return 2
+        # The node answers every frame, even when idle: wait until answers flow (camera -> node -> here),
+        # so that each query's period measures the node and not DDS discovery.
+        deadline = time.monotonic() + 60.0
+        while state["seen"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if state["seen"] == 0:
+            print("[demo] ERROR: no detections arrive (is a camera publishing on `image`?)", flush=True)
             return 2
         for n, query in enumerate(queries, 1):
             req = SetQuery.Request(query=query)

@@ -44,30 +44,38 @@ def unique_domain_id() -> int:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """(path, preset) of a random-weight ``glip_tiny_test`` model (real architecture, a few MB).
 
+    The preset is empty: the safetensors file carries its config, as the project's own checkpoints do.
+
     The alignment bias is raised so that random weights still produce confident boxes for every phrase:
     the tests need detections to check headers, boxes and class ids, not meaningful ones.
     """
     import torch
 
-    from glip_ros.model import build_model
+    from glip_ros.model import build_model, save_checkpoint
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_model("glip_tiny_test")
     with torch.no_grad():
         model.rpn.head.bias0.fill_(4.0)
-    path = str(tmp_path_factory.mktemp("ckpt") / "glip_tiny_test.pt")
-    torch.save(model.state_dict(), path)
-    return path, "glip_tiny_test"
+    path = str(tmp_path_factory.mktemp("ckpt") / "glip_tiny_test.safetensors")
+    save_checkpoint(model, path)  # carries its config: the node needs no preset
+    return path, ""
 
 
 class NodeProcess:
     """``python -m glip_ros.ros.node`` in its own process; logs go to a file shown when a test fails."""
 
-    def __init__(self, params: dict[str, Any], domain_id: int, module: str = "glip_ros.ros.node") -> None:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        domain_id: int,
+        module: str = "glip_ros.ros.node",
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.domain_id = domain_id
         self.log_path = tempfile.mktemp(prefix="glip_node_", suffix=".log")
-        args = [sys.executable, "-m", module, "--ros-args"]
+        args = [sys.executable, "-m", module, "--ros-args", *(extra_args or [])]
         for key, value in params.items():
             args += ["-p", f"{key}:={_cli_value(value)}"]
         env = dict(os.environ)
@@ -160,6 +168,18 @@ class RosClient:
         wait_for(future.done, timeout, f"an answer from {client.srv_name}")
         return future.result()
 
+    def get_parameters(self, node_name: str, names: list[str]) -> dict[str, Any]:
+        """Current values through the node's GetParameters service (as `ros2 param get` does)."""
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        client = self.node.create_client(GetParameters, f"{node_name}/get_parameters")
+        try:
+            values = self.call(client, GetParameters.Request(names=names)).values
+            return {n: parameter_value_to_python(v) for n, v in zip(names, values, strict=True)}
+        finally:
+            self.node.destroy_client(client)
+
     def set_parameters(self, node_name: str, params: dict[str, Any]) -> list[Any]:
         """Set parameters through the node's SetParameters service (as `ros2 param set` does)."""
         from rcl_interfaces.srv import SetParameters
@@ -228,13 +248,14 @@ def start_node(
     params: dict[str, Any],
     ready: str | None = "query_state",
     timeout: float = 90.0,
+    extra_args: list[str] | None = None,
 ) -> Iterator[tuple[NodeProcess, RosClient]]:
     """Start glip_node + a client in a fresh domain; wait until ``ready`` is seen; stop both at teardown.
 
     The node's log is printed when a test using it failed, and always when the node died.
     """
     domain = unique_domain_id()
-    node = NodeProcess(params, domain)
+    node = NodeProcess(params, domain, extra_args=extra_args)
     client = RosClient(domain)
     try:
         if ready == "query_state":

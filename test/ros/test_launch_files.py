@@ -199,6 +199,7 @@ def test_demo_starts_the_same_graph_as_sim_demo_launch(tmp_path) -> None:
     launched = {n["executable"] for n in _nodes(ast.parse(_read("launch/sim_demo.launch.py")))}
     args = argparse.Namespace(
         checkpoint="",
+        preset="",
         device="cpu",
         score_threshold=0.5,
         min_size=None,

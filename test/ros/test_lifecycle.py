@@ -143,3 +143,58 @@ def test_model_parameters_change_through_a_lifecycle_reconfigure(managed, tiny_c
     assert status["state"] == "active" and status["phrases"] == "red circle"
     assert "precision=bf16" in node.output()
     assert node.alive()
+
+
+def test_use_sim_time_latency_is_measured_on_the_sim_clock(managed) -> None:
+    """With use_sim_time, sim-stamped frames get sim-time latency (the wall clock would give ~56 years)."""
+    import threading
+
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import CompressedImage
+    from vision_msgs.msg import Detection2DArray
+
+    node, client = managed
+    assert lifecycle(client) == "active"
+    clock_pub = client.node.create_publisher(Clock, "/clock", 10)
+    t0 = time.monotonic()
+    stop = threading.Event()
+
+    def sim_now() -> Time:
+        ns = 1000 * 10**9 + int((time.monotonic() - t0) * 1e9)
+        return Time(sec=ns // 10**9, nanosec=ns % 10**9)
+
+    def tick() -> None:
+        while not stop.is_set():
+            clock_pub.publish(Clock(clock=sim_now()))
+            stop.wait(0.01)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    got: list[Any] = []
+    sub = client.node.create_subscription(Detection2DArray, "detections", got.append, 10)
+    pub = client.node.create_publisher(CompressedImage, "image/compressed", sensor_qos(reliable=True))
+    try:
+        (res,) = client.set_parameters(NODE, {"use_sim_time": True})
+        assert res.successful, res.reason
+        wait_for(lambda: pub.get_subscription_count() > 0, 20, "the image subscription")
+        time.sleep(0.5)
+        data = jpeg(np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+        for _ in range(10):
+            msg = CompressedImage(format="jpeg")
+            msg.header.stamp = sim_now()
+            msg.header.frame_id = "sim_cam"
+            msg.data = data
+            pub.publish(msg)
+            time.sleep(0.25)
+        wait_for(lambda: sum(m.header.frame_id == "sim_cam" for m in got) >= 5, 20, "answers to sim frames")
+        assert all(1000 <= m.header.stamp.sec < 1100 for m in got if m.header.frame_id == "sim_cam")
+        cam = client.diagnostics()["/glip_node: camera default"]
+        assert 0 <= float(cam["latency_p95_ms"]) < 5000, cam
+    finally:
+        client.set_parameters(NODE, {"use_sim_time": False})
+        stop.set()
+        ticker.join(2)
+        for ent in (sub, pub, clock_pub):
+            client.node.destroy_subscription(ent) if ent is sub else client.node.destroy_publisher(ent)
+    assert node.alive()

@@ -8,6 +8,7 @@ when max_batch allows. The default suite runs a short version; the 2-minute soak
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .conftest import FrameStreamer, stamp_ns, start_node, wait_for
+from .conftest import REPO, FrameStreamer, stamp_ns, start_node, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -26,6 +27,8 @@ W, H = 320, 240
 @pytest.fixture(scope="module")
 def multi(request: pytest.FixtureRequest, tiny_checkpoint: tuple[str, str]):
     path, preset = tiny_checkpoint
+    # The shipped params file first (proves it loads into the node), then the test's overrides.
+    params_file = os.path.join(REPO, "config", "glip.yaml")
     params = {
         "checkpoint": path,
         "preset": preset,
@@ -36,7 +39,7 @@ def multi(request: pytest.FixtureRequest, tiny_checkpoint: tuple[str, str]):
         "query": "red circle. blue square",
         "diagnostics_period": 1.0,
     }
-    yield from start_node(request, params)
+    yield from start_node(request, params, extra_args=["--params-file", params_file])
 
 
 class PerCamera:
@@ -128,6 +131,10 @@ def _run(multi: Any, seconds: float) -> None:
 
 
 def test_two_cameras_fair_bounded_latency_dropped_counted(multi) -> None:
+    _, client = multi
+    values = client.get_parameters("/glip_node", ["cameras", "warn_throttle", "output_depth", "max_batch"])
+    # from the command line (overrides) and from config/glip.yaml (the rest)
+    assert values == {"cameras": list(CAMERAS), "warn_throttle": 5.0, "output_depth": 10, "max_batch": 1}
     _run(multi, 16.0)
 
 

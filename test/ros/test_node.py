@@ -163,6 +163,8 @@ def test_empty_query_answers_every_frame_with_an_empty_array_and_no_model_work(
     wait_for(lambda: pub.get_subscription_count() > 0, 10, "the node's query subscription")
     pub.publish(String(data=""))
     wait_for(lambda: outputs.states and not outputs.states[-1].active, 10, "query_state to go idle")
+    # a query set by topic is mirrored in the `query` parameter (ros2 param get tells the truth)
+    assert client.get_parameters(NODE, ["query"]) == {"query": ""}
     before = client.grounding_status()
     outputs.clear()
     with FrameStreamer(client, "image", 15.0, W, H) as cam:
