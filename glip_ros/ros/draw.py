@@ -42,7 +42,7 @@ def draw_detections(rgb: np.ndarray, detections: Sequence[Any], line_width: int 
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB")
+    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     if not detections:
         return np.asarray(img).copy()
     draw = ImageDraw.Draw(img)

@@ -168,6 +168,7 @@ class GlipNode(LifecycleNode):
         self._next_query_id = 1
         self._sync = threading.local()
         self._bad: dict[str, int] = dict.fromkeys(BAD_INPUT_KINDS, 0)
+        self._bad_lock = threading.Lock()
         self._bad_last_tick = 0
         self._warn_last: dict[str, float] = {}
         self._warn_suppressed: dict[str, int] = {}
@@ -286,9 +287,10 @@ class GlipNode(LifecycleNode):
 
     def _bad_input(self, kind: str, message: str, camera: Camera | None = None) -> None:
         """Count a bad input and log it, at most once per ``warn_throttle`` seconds per kind and camera."""
-        self._bad[kind] = self._bad.get(kind, 0) + 1
-        if camera is not None:
-            camera.stats.bad += 1
+        with self._bad_lock:
+            self._bad[kind] = self._bad.get(kind, 0) + 1
+            if camera is not None:
+                camera.stats.bad += 1
         now = time.monotonic()
         throttle = float(self.param("warn_throttle"))
         key = f"{kind}@{camera.label if camera is not None else ''}"
@@ -395,7 +397,7 @@ class GlipNode(LifecycleNode):
             cameras = []
             for name in names:
                 cam = Camera(name=name)
-                base = self.resolve_topic_name(cam.topic("image"))  # remaps apply to the base name
+                base = _resolve(self, cam.topic("image"))  # remaps apply to the base name, as image_transport
                 cam.input_topic = base + "/compressed" if compressed else base
                 msg_type = CompressedImage if compressed else Image
                 cam.sub = self.create_subscription(
@@ -923,6 +925,12 @@ class GlipNode(LifecycleNode):
             st.values = [KeyValue(key=k, value=str(v)) for k, v in cv.items()]
             arr.status.append(st)
         self._pub_diag.publish(arr)
+
+
+def _resolve(node: Any, topic: str) -> str:
+    """Expanded and remapped topic name (rclpy's resolve_topic_name; the plain name on distros without it)."""
+    resolve = getattr(node, "resolve_topic_name", None)
+    return resolve(topic) if resolve is not None else topic
 
 
 def _clip(text: str, n: int = 80) -> str:

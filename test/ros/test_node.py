@@ -321,6 +321,9 @@ def test_bad_input_is_counted_logged_once_and_the_node_keeps_serving(glip, outpu
     assert not missing[0].successful and missing[0].reason
     punct = set_query(client, "!!! ...")
     assert not punct.success and punct.message
+    # rclpy decodes invalid UTF-8 in a service request to U+FFFD; such phrases are refused too
+    bad_phrase = set_query(client, "red circle", phrases=["red \ufffd"])
+    assert not bad_phrase.success and "UTF-8" in bad_phrase.message
 
     # good frames are still answered with the original query
     outputs.clear()
@@ -334,7 +337,7 @@ def test_bad_input_is_counted_logged_once_and_the_node_keeps_serving(glip, outpu
     for kind in bad_frames:
         assert _bad(after, kind) - _bad(before, kind) == 5, kind
     assert _bad(after, "query_too_long") - _bad(before, "query_too_long") == 1
-    assert _bad(after, "invalid_utf8") - _bad(before, "invalid_utf8") == 1
+    assert _bad(after, "invalid_utf8") - _bad(before, "invalid_utf8") == 2  # topic + service
     assert _bad(after, "query_rejected") - _bad(before, "query_rejected") == 2  # topic + service
     assert _bad(after, "param_rejected") - _bad(before, "param_rejected") >= 2
     assert after["query_id"] == str(good.query_id), "a rejected query must not replace the active one"
