@@ -64,6 +64,17 @@ def build_commands(args: argparse.Namespace, params_dir: str) -> dict[str, list[
     }  # fmt: skip
 
 
+def _default_checkpoint() -> str:
+    """Path of the embedded default model (the engine's DEFAULT_CHECKPOINT; a missing model fails fast)."""
+    try:
+        from glip_ros.engine import DEFAULT_CHECKPOINT
+
+        return str(DEFAULT_CHECKPOINT)
+    except Exception:  # noqa: BLE001 - fall back to the documented location
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return os.path.join(here, "weights", "glip_synth_tiny.safetensors")
+
+
 def _stop(procs: dict[str, subprocess.Popen]) -> None:
     for p in procs.values():
         if p.poll() is None:
@@ -103,6 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         print(f"glip-demo: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 2
+    if not args.checkpoint:
+        default = _default_checkpoint()
+        if not os.path.isfile(default):
+            print(
+                f"glip-demo: the embedded default model is missing ({default}). Produce it as "
+                "docs/MODELS.md says, or pass --checkpoint FILE.",
+                file=sys.stderr,
+            )
+            return 2
     os.makedirs(args.out, exist_ok=True)
 
     env = dict(os.environ)
