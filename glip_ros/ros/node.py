@@ -329,8 +329,8 @@ class GlipNode(LifecycleNode):
                 device=device,
                 precision=precision,
                 text_cache_size=int(self.param("text_cache_size")),
-                min_size=int(self.param("min_size")) or None,
-                max_size=int(self.param("max_size")),
+                min_size=_size(int(self.param("min_size")), zero_means_none=True),
+                max_size=_size(int(self.param("max_size")), zero_means_none=False),
             )
             if self.param("warmup"):
                 engine.warmup()
@@ -341,7 +341,8 @@ class GlipNode(LifecycleNode):
         self._last_error = ""
         self.get_logger().info(
             f"model ready in {time.monotonic() - t0:.1f} s: checkpoint={checkpoint or '<embedded default>'} "
-            f"preset={preset or '<from checkpoint>'} device={device} precision={precision}"
+            f"preset={preset or '<from checkpoint>'} device={device} precision={precision} "
+            f"input size min={getattr(engine, 'min_size', '?')} max={getattr(engine, 'max_size', '?')}"
         )
         self._pub_query_state = self._make_query_state_publisher()
         text = str(self.param("query"))
@@ -925,6 +926,13 @@ class GlipNode(LifecycleNode):
             st.values = [KeyValue(key=k, value=str(v)) for k, v in cv.items()]
             arr.status.append(st)
         self._pub_diag.publish(arr)
+
+
+def _size(value: int, zero_means_none: bool) -> int | None:
+    """Parameter value -> engine argument: -1 = the checkpoint's own size, None = no resize."""
+    if value < 0 or (value == 0 and not zero_means_none):
+        return -1
+    return None if value == 0 else value
 
 
 def _resolve(node: Any, topic: str) -> str:

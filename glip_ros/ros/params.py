@@ -118,17 +118,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "min_size",
-        800,
-        "Shorter image side fed to the model, in pixels (GLIP's 800). 0: keep the image's size.",
+        -1,
+        "Shorter image side fed to the model, in pixels. -1: the checkpoint's own test size (800 for the "
+        "official GLIP models, 256 for the embedded default model). 0: keep the image's size.",
         applies="configure",
-        int_range=(0, 4096),
+        int_range=(-1, 4096),
     ),
     ParamSpec(
         "max_size",
-        1333,
-        "Upper bound of the longer image side fed to the model, in pixels (GLIP's 1333).",
+        -1,
+        "Upper bound of the longer image side fed to the model, in pixels. -1 (or 0): the checkpoint's own "
+        "(1333 for the official GLIP models).",
         applies="configure",
-        int_range=(32, 8192),
+        int_range=(-1, 8192),
     ),
     ParamSpec(
         "text_cache_size",
