@@ -134,7 +134,9 @@ def main(args: list[str] | None = None) -> int:
                     _save(img, os.path.join(folder, f"{_stamp_ns(img.header)}.png"))
                 print(f"[demo]   {len(images)} annotated frame(s) in {folder}/", flush=True)
     finally:
-        executor.shutdown()
+        # Stop spinning and wait for the spin thread before destroying anything it may still touch.
+        executor.shutdown(timeout_sec=5.0)
+        spin.join(timeout=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return rc

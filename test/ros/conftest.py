@@ -195,7 +195,8 @@ class RosClient:
             self.node.destroy_client(client)
 
     def close(self) -> None:
-        self.executor.shutdown()
+        self.executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=5.0)
         self.node.destroy_node()
         self.context.try_shutdown()
 
