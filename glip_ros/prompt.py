@@ -224,6 +224,12 @@ def _sentence_prompt(caption: str, tokenizer, max_len: int) -> Prompt:
     content = [(w, b, e) for w, b, e in words if w.lower() not in STOPWORDS] or words
     if not content:
         raise QueryError(f"the sentence has no words: {caption[:40]!r}")
+    n_tok = len(tokenizer(caption, add_special_tokens=True)["input_ids"])
+    if n_tok > max_len:
+        raise QueryError(
+            f"the sentence alone needs {n_tok} tokens; a prompt holds {max_len}: separate phrases with periods "
+            "or commas so that it can be split"
+        )
     p = _encode(caption, [w for w, _, _ in content], [[(b, e)] for _, b, e in content], tokenizer, max_len)
     p.sentence = True
     return p

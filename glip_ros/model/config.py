@@ -234,6 +234,11 @@ def _get(d: dict[str, Any], path: str, default: Any) -> Any:
         if not isinstance(cur, dict) or part not in cur:
             return default
         cur = cur[part]
+    if isinstance(cur, str) and cur.strip()[:1] in "([":
+        # Official files write tuples as "(96, 192, 384, 768)"; yacs reads them with literal_eval.
+        import ast
+
+        cur = ast.literal_eval(cur)
     return cur
 
 

@@ -23,7 +23,13 @@ RGB = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
 
 @pytest.mark.parametrize(
     "query,match",
-    [("", "empty"), ("   ", "empty"), (" .,;. ", "no words"), ("red circle " * 1000, "alone needs")],
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        (" .,;. ", "no words"),
+        ("red circle " * 1000, "alone needs"),
+        ("red circle. " + "big " * 300 + "mug", "alone needs"),
+    ],
 )
 def test_bad_queries(det, query, match):
     with pytest.raises(QueryError, match=match):
