@@ -140,11 +140,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     res["cached"]["frames_per_s"] = args.cameras / (res["cached"]["end_to_end"]["median_ms"] / 1000)
     if args.cameras > 1:
         # The same frames one camera at a time (still cached text), to show what batching buys.
-        seq = _timed(lambda: [eng.detect([f], q, score_threshold=0.3, min_size=None, max_size=None) for f in frames],
-                     device, 1, args.runs)
+        seq = _timed(
+            lambda: [eng.detect([f], q, score_threshold=0.3, min_size=None, max_size=None) for f in frames],
+            device,
+            1,
+            args.runs,
+        )
         res["cached_sequential"] = {"end_to_end": _stats(seq)}
 
-    # ---- official-style path --------------------------------------------------------------------------------
+    # ---- official-style path -------------------------------------------------------------------------------
     chunk = 40
     official_prompts = [
         p for i in range(0, len(phrases), chunk) for p in build_prompts(phrases[i : i + chunk])
@@ -180,7 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         res["official"]["frames_per_s"] = args.cameras / (res["official"]["end_to_end"]["median_ms"] / 1000)
         res["speedup"] = res["official"]["end_to_end"]["median_ms"] / res["cached"]["end_to_end"]["median_ms"]
 
-    # ---- FLOPs per stage (one frame, one chunk) ---------------------------------------------------------------
+    # ---- FLOPs per stage (one frame, one chunk) ------------------------------------------------------------
     if args.flops:
         with torch.inference_mode():
             p = q.prompts[0]
@@ -205,25 +209,38 @@ def table(res: dict[str, object]) -> str:
         "`"
         + " ".join(
             f"{k}={res[k]}"
-            for k in ("preset", "size", "device", "precision", "head_precision", "text_padding", "phrases", "cameras")
+            for k in (
+                "preset",
+                "size",
+                "device",
+                "precision",
+                "head_precision",
+                "text_padding",
+                "phrases",
+                "cameras",
+            )
         )
         + f" chunks={res['chunks']}` on {res.get('gpu') or res.get('cpu')}",
         "",
         *rows,
         "",
         f"text encoded once per query: {res['text_encode_once_ms']:.1f} ms; per frame: "
-        f"{c['text_encodes_per_frame']:.0f} text encodes, {c['backbone_calls_per_frame_batch']:.0f} backbone call(s) "
+        f"{c['text_encodes_per_frame']:.0f} text encodes, "
+        f"{c['backbone_calls_per_frame_batch']:.0f} backbone call(s) "
         f"per batch of {res['cameras']} frame(s); {c['frames_per_s']:.2f} frames/s",
     ]
     if "cached_sequential" in res:
         sq = res["cached_sequential"]["end_to_end"]["median_ms"]
-        lines.append(f"cached, the {res['cameras']} frames one at a time: {sq:.1f} ms median "
-                     f"(batched is {sq / c['end_to_end']['median_ms']:.2f}x faster)")
+        lines.append(
+            f"cached, the {res['cameras']} frames one at a time: {sq:.1f} ms median "
+            f"(batched is {sq / c['end_to_end']['median_ms']:.2f}x faster)"
+        )
     if "official" in res:
         o = res["official"]
         lines.append(
-            f"official-style: {o['end_to_end']['median_ms']:.1f} ms median (p95 {o['end_to_end']['p95_ms']:.1f}),"
-            f" {o['prompts_per_frame']} whole-model forward(s) per camera frame, {o['frames_per_s']:.2f} frames/s;"
+            f"official-style: {o['end_to_end']['median_ms']:.1f} ms median "
+            f"(p95 {o['end_to_end']['p95_ms']:.1f}), {o['prompts_per_frame']} whole-model forward(s) "
+            f"per camera frame, {o['frames_per_s']:.2f} frames/s;"
             f" cached is {res['speedup']:.2f}x faster"
         )
     if "gflops" in res:
@@ -247,8 +264,12 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--chunk-batch", type=int, default=8)
-    ap.add_argument("--head-precision", default="fp32", choices=["fp32", "auto"],
-                    help="fp32: only the backbone follows --precision; auto: the head too")
+    ap.add_argument(
+        "--head-precision",
+        default="fp32",
+        choices=["fp32", "auto"],
+        help="fp32: only the backbone follows --precision; auto: the head too",
+    )
     ap.add_argument("--text-padding", default="tight", choices=["tight", "max"])
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--flops", action="store_true")

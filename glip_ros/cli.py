@@ -1,4 +1,5 @@
-"""Command-line faces of the library: ``glip-detect`` (one image) and ``glip-convert`` (one-time .pth -> safetensors)."""
+"""Command-line faces of the library: ``glip-detect`` (one image) and ``glip-convert`` (one-time .pth ->
+safetensors)."""
 
 from __future__ import annotations
 

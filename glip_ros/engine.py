@@ -141,7 +141,8 @@ class GroundingEngine:
         self.precision = precision
         if text_padding not in ("tight", "max"):
             raise ValueError(f"text_padding must be 'tight' or 'max', got {text_padding!r}")
-        # "max" pads every prompt to 256 tokens exactly as the official code; "tight" to the next multiple of 8.
+        # "max" pads every prompt to 256 tokens exactly as the official code; "tight" to the next multiple
+        # of 8.
         self.text_padding = text_padding
         # "fp32" (default): the head runs in fp32 whatever ``precision`` is; "auto": same as the backbone.
         self.head_precision = head_precision
@@ -166,7 +167,7 @@ class GroundingEngine:
         }
         self.timings: dict[str, float] = {}
 
-    # -- construction -------------------------------------------------------------------------------------------
+    # -- construction ----------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(
         cls,
@@ -200,7 +201,7 @@ class GroundingEngine:
         load_checkpoint(model, path, strict=strict)
         return cls(model, **kwargs)
 
-    # -- queries ------------------------------------------------------------------------------------------------
+    # -- queries ---------------------------------------------------------------------------------------------
     def prepare_query(self, text, phrases=None) -> PreparedQuery:
         """Parse and encode a query (text features cached). Raises QueryError with the reason."""
         if isinstance(text, bytes):
@@ -234,7 +235,8 @@ class GroundingEngine:
                 return hit
         ids, mask = prompt.input_ids, prompt.attention_mask
         if self.text_padding == "tight":
-            # Padding tokens are masked everywhere (BERT keys, fusion text softmax, the score's token mean), so
+            # Padding tokens are masked everywhere (BERT keys, fusion text softmax, the score's token
+            # mean), so
             # cutting them changes nothing for the real tokens but the cost of every fusion layer.
             n = min(ids.shape[1], -(-prompt.num_tokens // 8) * 8)
             ids, mask = ids[:, :n], mask[:, :n]
@@ -247,7 +249,7 @@ class GroundingEngine:
                 self._cache.popitem(last=False)
         return text
 
-    # -- frames -------------------------------------------------------------------------------------------------
+    # -- frames ----------------------------------------------------------------------------------------------
     def _head_precision(self):
         return self._autocast() if self.head_precision == "auto" else contextlib.nullcontext()
 
@@ -379,7 +381,7 @@ class GroundingEngine:
                     img_idx,
                 )
 
-    # -- misc ---------------------------------------------------------------------------------------------------
+    # -- misc ------------------------------------------------------------------------------------------------
     def warmup(self, size: tuple[int, int] = (480, 640)) -> None:
         q = self.prepare_query("object")
         self.detect([np.zeros((size[0], size[1], 3), dtype=np.uint8)], q)

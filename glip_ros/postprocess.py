@@ -1,9 +1,10 @@
 """Head outputs -> detections, as GLIP's ``ATSSPostProcessor`` (``modeling/rpn/inference.py``) does it.
 
-Per level: sigmoid of the token logits, per-phrase score = MEAN of its tokens' probabilities, threshold on that
-probability (0.05) BEFORE centerness, ``pre_nms_top_n`` candidates by prob × sigmoid(centerness), decode (+1
-convention), clip to the resized image, score = sqrt(prob × centerness). Over levels (and prompt chunks): one
-class-aware NMS with +1 IoU (the GPU ``ml_nms``), then the best ``detections_per_img`` by ``kthvalue``.
+Per level: sigmoid of the token logits, per-phrase score = MEAN of its tokens' probabilities, threshold
+on that probability (0.05) BEFORE centerness, ``pre_nms_top_n`` candidates by prob × sigmoid(centerness),
+decode (+1 convention), clip to the resized image, score = sqrt(prob × centerness). Over levels (and prompt
+chunks): one class-aware NMS with +1 IoU (the GPU ``ml_nms``), then the best ``detections_per_img`` by
+``kthvalue``.
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ def finalize(
 
 def sentence_phrase(token_probs: torch.Tensor, prompt, word_index: int, rel: float = 0.5) -> str:
     """The phrase a box grounds to in a free-form sentence: the run of tokens around the box's best word whose
-    probability is at least ``rel`` × that word's, trimmed of stop words (no NLTK needed, nothing downloaded)."""
+    probability is at least ``rel`` × that word's, trimmed of stop words (no NLTK needed, nothing
+    downloaded)."""
     from .prompt import STOPWORDS
 
     spans = prompt.token_spans

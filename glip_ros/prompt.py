@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 
@@ -22,7 +21,7 @@ __all__ = ["QueryError", "Prompt", "split_query", "build_prompt", "build_prompts
 
 MAX_QUERY_LEN = 256
 _SEPARATORS = re.compile(r"[.,;\n]")
-PhraseSpec = Union[str, tuple[int, int], Sequence[tuple[int, int]]]
+PhraseSpec = str | tuple[int, int] | Sequence[tuple[int, int]]
 
 
 class QueryError(ValueError):
@@ -48,7 +47,8 @@ class Prompt:
     )  # official positive_map_label_to_token, 0-based
     phrase_offset: int = 0  # index of this chunk's first phrase in the whole query
     # Free-form sentence: the "phrases" are its content words; each box's phrase is read off the tokens it
-    # grounds to (see postprocess.sentence_phrase). token_spans: character span of every token ((0, 0) if none).
+    # grounds to (see postprocess.sentence_phrase). token_spans: character span of every token ((0, 0) if
+    # none).
     sentence: bool = False
     token_spans: list[tuple[int, int]] = field(default_factory=list)
 
@@ -227,8 +227,8 @@ def _sentence_prompt(caption: str, tokenizer, max_len: int) -> Prompt:
     n_tok = len(tokenizer(caption, add_special_tokens=True)["input_ids"])
     if n_tok > max_len:
         raise QueryError(
-            f"the sentence alone needs {n_tok} tokens; a prompt holds {max_len}: separate phrases with periods "
-            "or commas so that it can be split"
+            f"the sentence alone needs {n_tok} tokens; a prompt holds {max_len}: separate phrases with "
+            "periods or commas so that it can be split"
         )
     p = _encode(caption, [w for w, _, _ in content], [[(b, e)] for _, b, e in content], tokenizer, max_len)
     p.sentence = True
@@ -241,7 +241,8 @@ def _chunked(
     n_tok = len(tokenizer(caption, add_special_tokens=True)["input_ids"])
     if n_tok <= max_len:
         return [_encode(caption, names, spans, tokenizer, max_len)]
-    # Too long: chunks of whole phrases, each captioned "p1. p2. … pk." (the official training/eval separator).
+    # Too long: chunks of whole phrases, each captioned "p1. p2. … pk." (the official training/eval
+    # separator).
     budget = max_len - 2  # [CLS] and [SEP]
     chunks: list[list[int]] = []
     cur: list[int] = []

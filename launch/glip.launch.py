@@ -13,23 +13,32 @@ on pip-only machines start the node with `glip_node --ros-args ...` (see docs/IN
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("glip_ros")
     default_params = os.path.join(share, "config", "glip.yaml")
     args = [
-        DeclareLaunchArgument("image", default_value="image", description="input image topic (sensor_msgs/Image)"),
+        DeclareLaunchArgument(
+            "image", default_value="image", description="input image topic (sensor_msgs/Image)"
+        ),
         DeclareLaunchArgument("query", default_value="", description="initial query; empty = idle"),
-        DeclareLaunchArgument("params_file", default_value=default_params, description="node parameters YAML"),
+        DeclareLaunchArgument(
+            "params_file", default_value=default_params, description="node parameters YAML"
+        ),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use the /clock topic"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
-        DeclareLaunchArgument("checkpoint", default_value="", description="model file; empty = embedded default"),
+        DeclareLaunchArgument(
+            "namespace", default_value="", description="namespace of the node and its topics"
+        ),
+        DeclareLaunchArgument(
+            "checkpoint", default_value="", description="model file; empty = embedded default"
+        ),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda, cuda:N"),
     ]
     node = Node(

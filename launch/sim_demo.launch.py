@@ -12,7 +12,6 @@ config/glip.rviz. The same graph without ROS launch (pip-only machines): `glip-d
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
@@ -21,6 +20,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from launch import LaunchDescription
+
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("glip_ros")
@@ -28,7 +29,9 @@ def generate_launch_description() -> LaunchDescription:
     rviz_config = os.path.join(share, "config", "glip.rviz")
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     args = [
-        DeclareLaunchArgument("checkpoint", default_value="", description="model file; empty = embedded default"),
+        DeclareLaunchArgument(
+            "checkpoint", default_value="", description="model file; empty = embedded default"
+        ),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda, cuda:N"),
         DeclareLaunchArgument("rate", default_value="5.0", description="synthetic camera frame rate (Hz)"),
         DeclareLaunchArgument("period", default_value="8.0", description="seconds per scripted query"),

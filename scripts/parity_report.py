@@ -24,22 +24,32 @@ def main() -> int:
     fx = os.path.join(shared, "fixtures", "glip")
     red = os.path.join(fx, "glip_t_reduced")
     torch.set_num_threads(2)
-    model = build_model(os.path.join(red, "config_merged.yaml"), bert_config=os.path.join(red, "bert_config.json"))
+    model = build_model(
+        os.path.join(red, "config_merged.yaml"), bert_config=os.path.join(red, "bert_config.json")
+    )
     load_checkpoint(model, load_file(os.path.join(red, "weights_fp16.safetensors")))
     t = dict(np.load(os.path.join(red, "tensors_fp32.npz")))
     rows = []
 
     def diff(name, ours, keys):
-        d = max(float(np.abs(o.detach().float().numpy() - t[k]).max()) for o, k in zip(ours, keys, strict=True))
+        d = max(
+            float(np.abs(o.detach().float().numpy() - t[k]).max()) for o, k in zip(ours, keys, strict=True)
+        )
         ref = max(float(np.abs(t[k]).max()) for k in keys)
         rows.append((name, d, ref))
 
     with torch.inference_mode():
-        text = model.encode_text(torch.from_numpy(t["input__input_ids"]), torch.from_numpy(t["input__attention_mask"]))
+        text = model.encode_text(
+            torch.from_numpy(t["input__input_ids"]), torch.from_numpy(t["input__attention_mask"])
+        )
         fpn, body = model.backbone(torch.from_numpy(t["input__image_tensor"]), return_body=True)
         out = model.forward_head(fpn, text)
         anchors = model.anchors(fpn)
-    diff("language features (hidden, embedded)", [text.hidden, text.embedded], ["lang__hidden", "lang__embedded"])
+    diff(
+        "language features (hidden, embedded)",
+        [text.hidden, text.embedded],
+        ["lang__hidden", "lang__embedded"],
+    )
     diff("Swin stage outputs (4)", body, [f"backbone__body_{i}" for i in range(4)])
     diff("FPN P3-P7", fpn, [f"backbone__fpn_{i}" for i in range(5)])
     diff("token alignment logits, 5 levels", out.logits, [f"head__dot_product_logits_{i}" for i in range(5)])
@@ -49,7 +59,9 @@ def main() -> int:
     img = np.asarray(Image.open(os.path.join(fx, "image_320x480.png")).convert("RGB"))
     for padding in ("max", "tight"):
         eng = GroundingEngine(model, min_size=None, text_padding=padding)
-        dets = eng.detect([img], eng.prepare_query("red circle. blue square. green triangle."), score_threshold=0.0)[0]
+        dets = eng.detect(
+            [img], eng.prepare_query("red circle. blue square. green triangle."), score_threshold=0.0
+        )[0]
         ref_b, ref_s, ref_l = t["output__boxes_xyxy"], t["output__scores"], t["output__labels"]
         ob = np.array([d.box_xyxy for d in dets])
         os_ = np.array([d.score for d in dets])
@@ -58,8 +70,14 @@ def main() -> int:
         for b, s, lab in zip(ref_b, ref_s, ref_l, strict=True):
             cost = np.abs(ob - b).max(1) + 1e9 * (ol != lab) + 1e9 * (np.abs(os_ - s) > 1e-4)
             worst = max(worst, float(cost.min()))
-        ds = float(np.abs(np.sort(os_)[::-1] - np.sort(ref_s)[::-1]).max()) if len(os_) == len(ref_s) else float("nan")
-        rows.append((f"final detections ({len(dets)} vs {len(ref_s)}), text padding {padding}: scores", ds, 1.0))
+        ds = (
+            float(np.abs(np.sort(os_)[::-1] - np.sort(ref_s)[::-1]).max())
+            if len(os_) == len(ref_s)
+            else float("nan")
+        )
+        rows.append(
+            (f"final detections ({len(dets)} vs {len(ref_s)}), text padding {padding}: scores", ds, 1.0)
+        )
         rows.append((f"final detections, text padding {padding}: boxes (px, matched as sets)", worst, 480.0))
     print("| quantity | max abs diff | max abs ref |\n|---|---|---|")
     for name, d, ref in rows:

@@ -1,4 +1,5 @@
-"""Shared test settings: where the parity fixtures live (../shared beside the checkout, or GLIP_SHARED_DIR)."""
+"""Shared test settings: where the parity fixtures live (../shared beside the checkout, or
+GLIP_SHARED_DIR)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ class LastLevelP6P7(nn.Module):
 
 
 class FPN(nn.Module):
-    """P3–P5 from the last three body stages (official names ``fpn_inner2..4``/``fpn_layer2..4``), P6/P7 on P5."""
+    """P3–P5 from the last three body stages (official names ``fpn_inner2..4``/``fpn_layer2..4``), P6/P7
+    on P5."""
 
     def __init__(self, in_channels: list[int], out_channels: int):
         super().__init__()

@@ -67,9 +67,8 @@ class LoadReport:
             shown = ", ".join(f"{k} file{list(a)} model{list(b)}" for k, a, b in self.mismatched[:limit])
             parts.append(f"{len(self.mismatched)} shape mismatches: {shown}")
         if self.ignored:
-            parts.append(
-                f"{len(self.ignored)} ignored ({', '.join(self.ignored[:3])}{', …' if len(self.ignored) > 3 else ''})"
-            )
+            more = ", …" if len(self.ignored) > 3 else ""
+            parts.append(f"{len(self.ignored)} ignored ({', '.join(self.ignored[:3])}{more})")
         return "; ".join(parts)
 
 
@@ -100,7 +99,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} needs more than plain tensors to unpickle, and loading it would run code from the file. "
-            f"If you trust it, convert it once with:  glip-convert {path} {os.path.splitext(path)[0]}.safetensors"
+            "If you trust it, convert it once with:  "
+            f"glip-convert {path} {os.path.splitext(path)[0]}.safetensors"
             f"  and load the .safetensors file. ({str(e).splitlines()[0]})"
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
@@ -189,7 +189,8 @@ def save_checkpoint(
     dtype: torch.dtype | None = None,
     extra_metadata: dict[str, str] | None = None,
 ) -> None:
-    """safetensors with the model config in the metadata, so ``GLIPDetector.from_checkpoint`` needs no preset."""
+    """safetensors with the model config in the metadata, so ``GLIPDetector.from_checkpoint`` needs no
+    preset."""
     from safetensors.torch import save_file
 
     sd = {}
@@ -226,7 +227,7 @@ def read_checkpoint_config(path: str) -> GLIPConfig | None:
 
 
 def convert_to_safetensors(src: str, dst: str) -> dict[str, Any]:
-    """One-time conversion of an official .pth that plain-tensor loading refuses (unpickles arbitrary objects).
+    """One-time conversion of an official .pth that plain-tensor loading refuses (it unpickles objects).
 
     Runs ``torch.load(weights_only=False)``: only for files the user trusts; this is the one place that does.
     """

@@ -82,7 +82,8 @@ class Conv3x3Norm(nn.Module):
 
 
 class DYReLU(nn.Module):
-    """Dynamic ReLU (K2, with bias, no spatial branch): max(x·a1 + b1, x·a2 + b2), coefficients from GAP(x)."""
+    """Dynamic ReLU (K2, with bias, no spatial branch): max(x·a1 + b1, x·a2 + b2), coefficients from
+    GAP(x)."""
 
     def __init__(self, inp: int, oup: int, reduction: int = 4):
         super().__init__()

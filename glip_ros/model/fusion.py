@@ -44,17 +44,18 @@ class BiMultiHeadAttention(nn.Module):
         return t.view(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2).contiguous()
 
     def forward(
-        self, v: torch.Tensor, l: torch.Tensor, mask_l: torch.Tensor | None
+        self, v: torch.Tensor, lang: torch.Tensor, mask_l: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         bsz, tgt_len, _ = v.shape
         proj_shape = (bsz * self.num_heads, -1, self.head_dim)
         q = self._shape(self.v_proj(v) * self.scale, bsz).view(*proj_shape)
-        k = self._shape(self.l_proj(l), bsz).view(*proj_shape)
+        k = self._shape(self.l_proj(lang), bsz).view(*proj_shape)
         vv = self._shape(self.values_v_proj(v), bsz).view(*proj_shape)
-        vl = self._shape(self.values_l_proj(l), bsz).view(*proj_shape)
+        vl = self._shape(self.values_l_proj(lang), bsz).view(*proj_shape)
         src_len = k.size(1)
         attn = torch.bmm(q, k.transpose(1, 2)).clamp(min=-_CLAMP, max=_CLAMP)
-        # Text side: softmax over ALL visual tokens (no visual mask: padded image area takes part, as official).
+        # Text side: softmax over ALL visual tokens (no visual mask: padded image area takes part, as
+        # official).
         attn_t = attn.transpose(1, 2)
         attn_l = (attn_t - attn_t.max(dim=-1, keepdim=True)[0]).clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=-1)
         if mask_l is not None:
@@ -74,7 +75,8 @@ class BiMultiHeadAttention(nn.Module):
 
 
 class BiAttentionBlock(nn.Module):
-    """Pre-LN bidirectional attention with layer scale; the residual is on the NORMALISED inputs (official)."""
+    """Pre-LN bidirectional attention with layer scale; the residual is on the NORMALISED inputs
+    (official)."""
 
     def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, init_values: float):
         super().__init__()
@@ -85,12 +87,12 @@ class BiAttentionBlock(nn.Module):
         self.gamma_l = nn.Parameter(init_values * torch.ones(l_dim))
 
     def forward(
-        self, v: torch.Tensor, l: torch.Tensor, mask_l: torch.Tensor | None
+        self, v: torch.Tensor, lang: torch.Tensor, mask_l: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.layer_norm_v(v)
-        l = self.layer_norm_l(l)
-        dv, dl = self.attn(v, l, mask_l)
-        return v + self.gamma_v * dv, l + self.gamma_l * dl
+        lang = self.layer_norm_l(lang)
+        dv, dl = self.attn(v, lang, mask_l)
+        return v + self.gamma_v * dv, lang + self.gamma_l * dl
 
 
 class VLFuse(nn.Module):

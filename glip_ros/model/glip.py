@@ -51,7 +51,7 @@ class GLIPModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
 
-    # -- text --------------------------------------------------------------------------------------------------
+    # -- text ------------------------------------------------------------------------------------------------
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         text = self.language_backbone(input_ids, attention_mask)
         tl = self.rpn.tunable_linear
@@ -72,7 +72,7 @@ class GLIPModel(nn.Module):
             self.rpn.tunable_linear = tl.to(self.rpn.head.bias_lang.device)
         return self.rpn.tunable_linear
 
-    # -- image -------------------------------------------------------------------------------------------------
+    # -- image -----------------------------------------------------------------------------------------------
     def normalize(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] uint8 RGB -> official input: BGR, ToTensor()/255 then ×255 (TO_BGR255), Normalize."""
         x = images_uint8_rgb.flip(1).float() / 255.0 * 255.0
@@ -127,7 +127,7 @@ class GLIPModel(nn.Module):
     def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone(images)
 
-    # -- head --------------------------------------------------------------------------------------------------
+    # -- head ------------------------------------------------------------------------------------------------
     def forward_head(self, features: list[torch.Tensor], text: TextFeatures) -> HeadOutputs:
         return self.rpn.head(features, text)
 

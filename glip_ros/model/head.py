@@ -1,7 +1,8 @@
 """VL-DyHead with the ATSS box head and token-alignment (dot-product) logits; anchors and the box coder.
 
 Official names: ``rpn.head.dyhead_tower.{i}``, ``rpn.head.{cls_logits,bbox_pred,centerness,scales}``,
-``rpn.head.{dot_product_projection_text,log_scale,bias_lang,bias0}``, ``rpn.anchor_generator.cell_anchors.{l}``.
+``rpn.head.{dot_product_projection_text,log_scale,bias_lang,bias0}``,
+``rpn.anchor_generator.cell_anchors.{l}``.
 """
 
 from __future__ import annotations

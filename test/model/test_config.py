@@ -1,4 +1,5 @@
-"""Official config files (as the GLIP repository writes them) resolve to the same architecture as the presets."""
+"""Official config files (as the GLIP repository writes them) resolve to the same architecture as the
+presets."""
 
 from __future__ import annotations
 

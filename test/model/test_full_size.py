@@ -11,7 +11,6 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES
 
 pytestmark = pytest.mark.slow
@@ -44,7 +43,9 @@ def test_full_size_preset_runs_end_to_end(preset, fixture_image):
     from glip_ros.detector import GLIPDetector
 
     det = GLIPDetector(_recipe_model(preset))
-    dets = det.predict(fixture_image, "red circle. blue square. green triangle.", score_threshold=0.0, min_size=None)
+    dets = det.predict(
+        fixture_image, "red circle. blue square. green triangle.", score_threshold=0.0, min_size=None
+    )
     assert 0 < len(dets) <= 100
     h, w = fixture_image.shape[:2]
     for d in dets:
@@ -63,7 +64,14 @@ def test_full_glip_t_matches_official_fixture_if_present(fixture_image):
 
     ref = dict(np.load(full / "tensors_fp32.npz"))
     det = GLIPDetector(_recipe_model("glip_t"))
-    dets = det.predict(fixture_image, "red circle. blue square. green triangle.", score_threshold=0.0, min_size=None)
-    _match_sets(np.array([d.box_xyxy for d in dets]), np.array([d.score for d in dets]),
-                np.array([d.phrase_index + 1 for d in dets]), ref["output__boxes_xyxy"], ref["output__scores"],
-                ref["output__labels"])
+    dets = det.predict(
+        fixture_image, "red circle. blue square. green triangle.", score_threshold=0.0, min_size=None
+    )
+    _match_sets(
+        np.array([d.box_xyxy for d in dets]),
+        np.array([d.score for d in dets]),
+        np.array([d.phrase_index + 1 for d in dets]),
+        ref["output__boxes_xyxy"],
+        ref["output__scores"],
+        ref["output__labels"],
+    )
