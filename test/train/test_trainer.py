@@ -86,6 +86,10 @@ def test_fit_writes_a_loadable_checkpoint(tmp_path) -> None:
     assert os.path.isfile(path) and os.path.isfile(tmp_path / "last.pt")
     m = load_model(path)
     assert m.config.name == "glip_micro_test"
+    from glip_ros.detector import GLIPDetector
+
+    det = GLIPDetector.from_checkpoint(path)
+    assert det.model.config.name == "glip_micro_test"
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
