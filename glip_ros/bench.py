@@ -71,7 +71,7 @@ def _flops(fn: Callable[[], None]) -> float:
 def run(args: argparse.Namespace) -> dict[str, object]:
     from .engine import GroundingEngine
     from .model import build_model
-    from .postprocess import Candidates, head_candidates, select_candidates
+    from .postprocess import Candidates, Row, head_candidates, select_candidates
     from .prompt import build_prompts
 
     torch.manual_seed(0)
@@ -168,12 +168,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     cands += head_candidates(
                         out,
                         model.anchors(feats),
-                        p.token_lists,
-                        sizes,
+                        [Row(p.token_lists, sizes[0], p.phrase_offset)],
                         model.box_coder,
                         cfg.pre_nms_thresh,
                         cfg.pre_nms_top_n,
-                        p.phrase_offset,
                     )
                 select_candidates(Candidates.cat(cands), cfg.nms_thresh, cfg.detections_per_img)
 
@@ -271,10 +269,13 @@ def main(argv=None) -> int:
         help="fp32: only the backbone follows --precision; auto: the head too",
     )
     ap.add_argument("--text-padding", default="tight", choices=["tight", "max"])
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--flops", action="store_true")
     ap.add_argument("--json", help="also write the raw results to this file")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     res = run(args)
     print(table(res), flush=True)
     if args.json:

@@ -26,6 +26,7 @@ from .model.language import TextFeatures
 from .postprocess import (
     Candidates,
     Detection,
+    Row,
     finalize,
     finalize_sentence,
     head_candidates,
@@ -97,6 +98,12 @@ class PreparedQuery:
     @property
     def num_chunks(self) -> int:
         return len(self.prompts)
+
+
+def _cat_padded(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate [B, N, T_i] tensors along B, zero-padding T (padded token columns are never read)."""
+    t_max = max(x.shape[2] for x in xs)
+    return torch.cat([torch.nn.functional.pad(x, (0, t_max - x.shape[2])) for x in xs], dim=0)
 
 
 def _stack_texts(texts: Sequence[TextFeatures], n_img: int) -> TextFeatures:
@@ -312,19 +319,18 @@ class GroundingEngine:
             anchors = self.model.anchors(feats)
             t2 = time.perf_counter()
             per_image: list[list[Candidates]] = [[] for _ in images]
-            for out, prompt, idx in self._head_outputs(feats, query):
+            sentence = query.prompts[0].sentence
+            for out, rows in self._head_outputs(feats, query):
                 sel = head_candidates(
                     out,
                     anchors,
-                    prompt.token_lists,
-                    [sizes[i] for i in idx],
+                    [Row(p.token_lists, sizes[i], p.phrase_offset) for p, i in rows],
                     self.model.box_coder,
                     cfg.pre_nms_thresh,
                     cfg.pre_nms_top_n,
-                    label_offset=prompt.phrase_offset,
-                    keep_token_probs=prompt.sentence,
+                    keep_token_probs=sentence,
                 )
-                for i, c in zip(idx, sel, strict=False):
+                for (_, i), c in zip(rows, sel, strict=True):
                     per_image[i].append(c)
             t3 = time.perf_counter()
             final = [
@@ -337,23 +343,36 @@ class GroundingEngine:
 
     def _head_outputs(
         self, feats: list[torch.Tensor], query: PreparedQuery
-    ) -> Iterator[tuple[HeadOutputs, Prompt, list[int]]]:
-        """Yields (head outputs for a batch of images, the chunk's prompt, image indices)."""
+    ) -> Iterator[tuple[HeadOutputs, list[tuple[Prompt, int]]]]:
+        """Yields head outputs whose batch rows are (prompt chunk, image index) pairs, chunk-major."""
         head = self.model.rpn.head
         n_img = feats[0].shape[0]
-        img_idx = list(range(n_img))
         texts = [self.encode_prompt(p) for p in query.prompts]
         if not head.early_fusion:
-            # No deep fusion: the visual tower does not depend on the text; run it once per frame.
+            # No deep fusion: the visual tower does not depend on the text; run it once per frame and only the
+            # token alignment per chunk, then post-process all chunks as one batch.
             with self._head_precision():
                 visual, _ = head.run_tower(feats, texts[0])
                 bbox_reg, centerness = head.box_outputs(visual)
-            self.counters["head_forwards"] += 1
-            for p, t in zip(query.prompts, texts, strict=False):
-                with self._head_precision():
+                self.counters["head_forwards"] += 1
+                per_chunk = []
+                for t in texts:
                     proj, bias = head.token_projection(t.embedded.to(self.device))
-                    logits = head.alignment_logits(visual, proj.expand(n_img, -1, -1), bias.expand(n_img, -1))
-                yield HeadOutputs(logits, bbox_reg, centerness, head.cls_logits.out_channels), p, img_idx
+                    per_chunk.append(
+                        head.alignment_logits(visual, proj.expand(n_img, -1, -1), bias.expand(n_img, -1))
+                    )
+            c = len(texts)
+            logits = [_cat_padded([chunk[lv] for chunk in per_chunk]) for lv in range(len(visual))]
+            rows = [(p, i) for p in query.prompts for i in range(n_img)]
+            yield (
+                HeadOutputs(
+                    logits,
+                    [x.repeat(c, 1, 1, 1) for x in bbox_reg],
+                    [x.repeat(c, 1, 1, 1) for x in centerness],
+                    head.cls_logits.out_channels,
+                ),
+                rows,
+            )
             return
         for start in range(0, len(query.prompts), self.max_chunk_batch):
             prompts = query.prompts[start : start + self.max_chunk_batch]
@@ -368,18 +387,7 @@ class GroundingEngine:
             with self._head_precision():
                 out = head(vis, text)
             self.counters["head_forwards"] += 1
-            for j, p in enumerate(prompts):
-                sl = slice(j * n_img, (j + 1) * n_img)
-                yield (
-                    HeadOutputs(
-                        [x[sl] for x in out.logits],
-                        [x[sl] for x in out.bbox_reg],
-                        [x[sl] for x in out.centerness],
-                        out.cls_width,
-                    ),
-                    p,
-                    img_idx,
-                )
+            yield out, [(p, i) for p in prompts for i in range(n_img)]
 
     # -- misc ------------------------------------------------------------------------------------------------
     def warmup(self, size: tuple[int, int] = (480, 640)) -> None:

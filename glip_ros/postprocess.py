@@ -57,28 +57,53 @@ class Candidates:
         return int(self.scores.numel())
 
 
-def _gather_index(
-    token_lists: Sequence[Sequence[int]], pad: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
+def phrase_index(token_lists: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[P, kmax] token indices per phrase (``pad`` where a phrase has fewer tokens) and [P] token counts."""
     kmax = max(1, max((len(t) for t in token_lists), default=1))
     idx = torch.full((len(token_lists), kmax), pad, dtype=torch.long)
     for j, toks in enumerate(token_lists):
         if toks:
             idx[j, : len(toks)] = torch.as_tensor(toks)
     counts = torch.tensor([len(t) for t in token_lists], dtype=torch.float32)
-    return idx.to(device), counts.to(device)
+    return idx, counts
 
 
-def phrase_scores(probs: torch.Tensor, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
-    """[B, N, T] token probabilities -> [B, N, P] mean over each phrase's tokens (SCORE_AGG MEAN).
+def _stack_index(
+    items: Sequence[tuple[torch.Tensor, torch.Tensor]], pad: int, device
+) -> tuple[torch.Tensor, ...]:
+    """Row-wise phrase indices padded to a common [N, P, kmax]; padded phrases have count 0 (score 0)."""
+    p_max = max(i.shape[0] for i, _ in items)
+    k_max = max(i.shape[1] for i, _ in items)
+    idx = torch.full((len(items), p_max, k_max), pad, dtype=torch.long)
+    counts = torch.zeros((len(items), p_max), dtype=torch.float32)
+    valid = torch.zeros((len(items), p_max), dtype=torch.bool)
+    for n, (i, c) in enumerate(items):
+        idx[n, : i.shape[0], : i.shape[1]] = i
+        counts[n, : c.shape[0]] = c
+        valid[n, : c.shape[0]] = True
+    return idx.to(device), counts.to(device), valid.to(device)
 
+
+def phrase_scores(probs: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[N, HW, T] token probabilities -> [N, HW, P] mean over each phrase's tokens (SCORE_AGG MEAN).
+
+    ``index`` [N, P, kmax] may point at T, an exact zero column (padding adds exactly nothing to the sum).
     Phrases with no token (cut off or unmappable) score 0 instead of the official NaN.
     """
-    b, n, t = probs.shape
-    padded = torch.cat([probs, probs.new_zeros((b, n, 1))], dim=-1)  # index t is an exact zero
-    idx, counts = _gather_index(token_lists, t, probs.device)
-    g = padded[:, :, idx.view(-1)].view(b, n, idx.shape[0], idx.shape[1])
-    return g.sum(-1) / counts.clamp(min=1)
+    n, hw, t = probs.shape
+    padded = torch.cat([probs, probs.new_zeros((n, hw, 1))], dim=-1)
+    p, k = index.shape[1], index.shape[2]
+    g = torch.gather(padded, 2, index.view(n, 1, p * k).expand(n, hw, p * k)).view(n, hw, p, k)
+    return g.sum(-1) / counts.clamp(min=1)[:, None, :]
+
+
+@dataclass
+class Row:
+    """One (prompt chunk, image) pair of a head output batch."""
+
+    token_lists: Sequence[Sequence[int]]
+    image_size: tuple[int, int]  # resized (h, w), before padding
+    label_offset: int = 0
 
 
 def level_candidates(
@@ -86,73 +111,77 @@ def level_candidates(
     bbox_reg: torch.Tensor,
     centerness: torch.Tensor,
     anchors: torch.Tensor,
-    token_lists: Sequence[Sequence[int]],
-    image_sizes: Sequence[tuple[int, int]],
+    index: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    rows: Sequence[Row],
     box_coder: BoxCoder,
     pre_nms_thresh: float,
     pre_nms_top_n: int,
-    label_offset: int = 0,
     keep_token_probs: bool = False,
 ) -> list[Candidates]:
-    """One pyramid level, every image of the batch (``forward_for_single_feature_map``)."""
-    logits = logits.float()
-    n_img = logits.shape[0]
-    probs = logits.sigmoid()
-    scores = phrase_scores(probs, token_lists)  # [B, HW, P]
-    reg = bbox_reg.float().flatten(2).transpose(1, 2)  # [B, HW, 4]
-    ctr = centerness.float().flatten(1).sigmoid()  # [B, HW]
-    cand = scores > pre_nms_thresh
-    top_n = cand.reshape(n_img, -1).sum(1).clamp(max=pre_nms_top_n)
-    weighted = scores * ctr[:, :, None]
+    """One pyramid level for every row at once (``forward_for_single_feature_map``).
+
+    Per row: candidates are (location, phrase) pairs whose phrase probability exceeds ``pre_nms_thresh``; the
+    best ``pre_nms_top_n`` of them by probability × centerness are kept (official: ``topk`` over the
+    candidates). Non-candidates are set to -1 so a top-k over all pairs takes every candidate first.
+    """
+    idx, counts, valid_phrase = index
+    probs = logits.float().sigmoid()
+    n = probs.shape[0]
+    scores = phrase_scores(probs, idx, counts)  # [N, HW, P]
+    reg = bbox_reg.float().flatten(2).transpose(1, 2)  # [N, HW, 4]
+    ctr = centerness.float().flatten(1).sigmoid()  # [N, HW]
+    p = scores.shape[2]
+    cand = (scores > pre_nms_thresh) & valid_phrase[:, None, :]
+    weighted = torch.where(cand, scores * ctr[:, :, None], torch.full_like(scores, -1.0)).view(n, -1)
+    k = min(pre_nms_top_n, weighted.shape[1])
+    vals, top = weighted.topk(k, dim=1, sorted=False)
+    is_cand = cand.view(n, -1).gather(1, top)
+    loc, cls = top // p, top % p
+    boxes = box_coder.decode(
+        reg.gather(1, loc[:, :, None].expand(n, k, 4)).reshape(-1, 4), anchors[loc.reshape(-1)]
+    ).view(n, k, 4)
+    lim = torch.tensor(
+        [[r.image_size[1] - 1, r.image_size[0] - 1] * 2 for r in rows], dtype=boxes.dtype, device=boxes.device
+    )
+    # BoxList.clip_to_image(remove_empty=False), TO_REMOVE = 1
+    boxes = torch.minimum(boxes.clamp(min=0), lim[:, None, :])
+    keep = is_cand & ((boxes[..., 2] - boxes[..., 0] + 1) >= 0) & ((boxes[..., 3] - boxes[..., 1] + 1) >= 0)
     out = []
-    for i in range(n_img):
-        vals = weighted[i][cand[i]]
-        k = int(top_n[i])
-        vals, top = vals.topk(k, sorted=False)
-        nz = cand[i].nonzero()[top]
-        loc, cls = nz[:, 0], nz[:, 1]
-        boxes = box_coder.decode(reg[i][loc].view(-1, 4), anchors[loc].view(-1, 4))
-        h, w = image_sizes[i]
-        # BoxList.clip_to_image(remove_empty=False), TO_REMOVE = 1
-        boxes[:, 0].clamp_(min=0, max=w - 1)
-        boxes[:, 1].clamp_(min=0, max=h - 1)
-        boxes[:, 2].clamp_(min=0, max=w - 1)
-        boxes[:, 3].clamp_(min=0, max=h - 1)
-        keep = ((boxes[:, 2] - boxes[:, 0] + 1) >= 0) & ((boxes[:, 3] - boxes[:, 1] + 1) >= 0)  # min_size 0
-        tok = probs[i][loc][keep] if keep_token_probs else None
-        out.append(Candidates(boxes[keep], torch.sqrt(vals[keep]), cls[keep] + label_offset, tok))
+    for i, r in enumerate(rows):
+        m = keep[i]
+        tok = probs[i][loc[i][m]] if keep_token_probs else None
+        out.append(Candidates(boxes[i][m], torch.sqrt(vals[i][m]), cls[i][m] + r.label_offset, tok))
     return out
 
 
 def head_candidates(
     out: HeadOutputs,
     anchors: Sequence[torch.Tensor],
-    token_lists: Sequence[Sequence[int]],
-    image_sizes: Sequence[tuple[int, int]],
+    rows: Sequence[Row],
     box_coder: BoxCoder,
     pre_nms_thresh: float,
     pre_nms_top_n: int,
-    label_offset: int = 0,
     keep_token_probs: bool = False,
 ) -> list[Candidates]:
-    """All levels of one head output, concatenated per image in level order (``cat_boxlist``)."""
+    """All levels of a head output whose batch rows are ``rows``; per row, levels concatenated in order."""
+    t = out.logits[0].shape[2]
+    index = _stack_index([phrase_index(r.token_lists, t) for r in rows], t, out.logits[0].device)
     per_level = [
         level_candidates(
             out.logits[lv],
             out.bbox_reg[lv],
             out.centerness[lv],
             anchors[lv],
-            token_lists,
-            image_sizes,
+            index,
+            rows,
             box_coder,
             pre_nms_thresh,
             pre_nms_top_n,
-            label_offset,
             keep_token_probs,
         )
         for lv in range(len(out.logits))
     ]
-    return [Candidates.cat([lvl[i] for lvl in per_level]) for i in range(len(image_sizes))]
+    return [Candidates.cat([lvl[i] for lvl in per_level]) for i in range(len(rows))]
 
 
 def class_aware_nms(c: Candidates, thresh: float, vanilla_max_classes: int = 64) -> torch.Tensor:
