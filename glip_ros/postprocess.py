@@ -84,16 +84,19 @@ def _stack_index(
     return idx.to(device), counts.to(device), valid.to(device)
 
 
-def phrase_scores(probs: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """[N, HW, T] token probabilities -> [N, HW, P] mean over each phrase's tokens (SCORE_AGG MEAN).
+def phrase_scores(logits: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[N, HW, T] token logits -> [N, HW, P] mean of each phrase's token probabilities (SCORE_AGG MEAN).
 
-    ``index`` [N, P, kmax] may point at T, an exact zero column (padding adds exactly nothing to the sum).
+    Only the columns a phrase uses go through the sigmoid. ``index`` [N, P, kmax] entries ≥ T are padding:
+    they read column 0 and are multiplied by exactly 0, so the sum is the official sum over the
+    phrase's tokens.
     Phrases with no token (cut off or unmappable) score 0 instead of the official NaN.
     """
-    n, hw, t = probs.shape
-    padded = torch.cat([probs, probs.new_zeros((n, hw, 1))], dim=-1)
+    n, hw, t = logits.shape
     p, k = index.shape[1], index.shape[2]
-    g = torch.gather(padded, 2, index.view(n, 1, p * k).expand(n, hw, p * k)).view(n, hw, p, k)
+    real = index < t
+    idx = torch.where(real, index, torch.zeros_like(index)).view(n, 1, p * k).expand(n, hw, p * k)
+    g = torch.gather(logits, 2, idx).sigmoid().view(n, hw, p, k) * real.view(n, 1, p, k).to(logits.dtype)
     return g.sum(-1) / counts.clamp(min=1)[:, None, :]
 
 
@@ -125,15 +128,36 @@ def level_candidates(
     candidates). Non-candidates are set to -1 so a top-k over all pairs takes every candidate first.
     """
     idx, counts, valid_phrase = index
-    probs = logits.float().sigmoid()
-    n = probs.shape[0]
-    scores = phrase_scores(probs, idx, counts)  # [N, HW, P]
-    reg = bbox_reg.float().flatten(2).transpose(1, 2)  # [N, HW, 4]
-    ctr = centerness.float().flatten(1).sigmoid()  # [N, HW]
+    logits = logits.float()
+    n, hw, t = logits.shape
+    # Exact pruning: a phrase score is a mean of token probabilities, so a location none of whose used tokens
+    # reaches the threshold cannot hold a candidate. Only the other locations are scored (a small fraction
+    # with trained weights; the margin keeps float rounding of the mean on the safe side).
+    used = torch.unique(idx[idx < t])
+    if used.numel() == 0:
+        return [
+            Candidates(logits.new_zeros((0, 4)), logits.new_zeros(0), logits.new_zeros(0, dtype=torch.long))
+            for _ in rows
+        ]
+    peak = logits.index_select(2, used).amax(dim=2).sigmoid()  # [N, HW]
+    alive = torch.nonzero((peak > pre_nms_thresh * (1 - 1e-6)).any(0)).squeeze(1)  # [A]
+    if alive.numel() < hw:
+        logits_a = logits.index_select(1, alive)
+    else:
+        logits_a = logits
+    scores = phrase_scores(logits_a, idx, counts)  # [N, A, P]
+    reg = bbox_reg.float().flatten(2).transpose(1, 2).index_select(1, alive)  # [N, A, 4]
+    ctr = centerness.float().flatten(1).sigmoid().index_select(1, alive)  # [N, A]
+    anchors = anchors.index_select(0, alive)
     p = scores.shape[2]
     cand = (scores > pre_nms_thresh) & valid_phrase[:, None, :]
     weighted = torch.where(cand, scores * ctr[:, :, None], torch.full_like(scores, -1.0)).view(n, -1)
     k = min(pre_nms_top_n, weighted.shape[1])
+    if k == 0:
+        return [
+            Candidates(logits.new_zeros((0, 4)), logits.new_zeros(0), logits.new_zeros(0, dtype=torch.long))
+            for _ in rows
+        ]
     vals, top = weighted.topk(k, dim=1, sorted=False)
     is_cand = cand.view(n, -1).gather(1, top)
     loc, cls = top // p, top % p
@@ -149,7 +173,7 @@ def level_candidates(
     out = []
     for i, r in enumerate(rows):
         m = keep[i]
-        tok = probs[i][loc[i][m]] if keep_token_probs else None
+        tok = logits_a[i][loc[i][m]].sigmoid() if keep_token_probs else None
         out.append(Candidates(boxes[i][m], torch.sqrt(vals[i][m]), cls[i][m] + r.label_offset, tok))
     return out
 

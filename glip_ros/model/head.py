@@ -119,7 +119,7 @@ class VLDyHead(nn.Module):
             logit = torch.matmul(
                 q, proj_tokens.transpose(-1, -2)
             ) / self.log_scale.exp() + token_bias.unsqueeze(1)
-            logits.append(logit.clamp(max=_CLAMP).clamp(min=-_CLAMP))
+            logits.append(logit.clamp(min=-_CLAMP, max=_CLAMP))  # CLAMP_DOT_PRODUCT
         return logits
 
     def predict(
