@@ -78,6 +78,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     device = torch.device(args.device)
     h, w = (int(x) for x in args.size.lower().split("x"))
     model = build_model(args.preset)
+    if args.checkpoint:  # trained weights: realistic score sparsity in post-processing
+        from .model import load_checkpoint, read_checkpoint_config
+
+        model = build_model(read_checkpoint_config(args.checkpoint) or args.preset)
+        load_checkpoint(model, args.checkpoint)
     eng = GroundingEngine(
         model,
         device=args.device,
@@ -96,9 +101,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     query_text = ". ".join(phrases)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(args.cameras)]
+    if args.scenes:
+        from .data.scenes import SceneSpec, render_scene
+
+        frames = [
+            render_scene(np.random.default_rng(i), SceneSpec(width=w, height=h)).image
+            for i in range(args.cameras)
+        ]
     cfg = model.config.head
     res: dict[str, object] = {
-        "preset": args.preset,
+        "preset": model.config.name,
         "size": f"{h}x{w}",
         "device": args.device,
         "precision": args.precision,
@@ -269,6 +281,10 @@ def main(argv=None) -> int:
         help="fp32: only the backbone follows --precision; auto: the head too",
     )
     ap.add_argument("--text-padding", default="tight", choices=["tight", "max"])
+    ap.add_argument("--checkpoint", help="benchmark these weights (default: random weights of --preset)")
+    ap.add_argument(
+        "--scenes", action="store_true", help="frames from the synthetic scene generator, not noise"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--flops", action="store_true")
