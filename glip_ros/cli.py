@@ -26,8 +26,13 @@ def detect_main(argv=None) -> int:
         "--bert-config", default=None, help="BERT config.json overriding bert-base-uncased's sizes"
     )
     ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--min-size", type=int, default=800, help="shorter side after resize; 0 = no resize")
-    ap.add_argument("--max-size", type=int, default=1333)
+    ap.add_argument(
+        "--min-size",
+        type=int,
+        default=-1,
+        help="shorter side after resize; -1 = the model's own (800 for official presets); 0 = no resize",
+    )
+    ap.add_argument("--max-size", type=int, default=-1, help="longer-side cap; -1 = the model's own (1333)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--json", action="store_true", help="print detections as JSON")

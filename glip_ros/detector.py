@@ -49,14 +49,16 @@ class GLIPDetector:
         image: np.ndarray,
         query,
         score_threshold: float = 0.5,
-        min_size: int | None = 800,
-        max_size: int | None = 1333,
+        min_size: int | None = -1,
+        max_size: int | None = -1,
         phrases: Sequence | None = None,
     ) -> list[Detection]:
         """Detections (original pixels, sorted by score) of ``query`` in an RGB uint8 image.
 
         ``query``: "phrase. phrase, phrase", a list of phrases, or a sentence with ``phrases`` to ground.
-        ``min_size=None`` runs the image at its own size. Grayscale is replicated to RGB and alpha dropped.
+        ``min_size``/``max_size`` -1 (default) are the model's own test sizes (800/1333 for the official
+        presets, 256/448 for the embedded model); ``min_size=None`` runs the image at its own size.
+        Grayscale is replicated to RGB and alpha dropped.
         """
         q = self.engine.prepare_query(query, phrases=phrases)
         return self.engine.detect(
