@@ -186,6 +186,33 @@ def _glip_tiny_test() -> GLIPConfig:
     )
 
 
+def _glip_synth_tiny() -> GLIPConfig:
+    """The embedded default model (docs/MODELS.md): GLIP at toy size, no DCN, 4x-stride anchors."""
+    return GLIPConfig(
+        name="glip_synth_tiny",
+        swin=SwinConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0),
+        fpn_channels=64,
+        language=LanguageConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=256,
+        ),
+        head=HeadConfig(
+            channels=64,
+            num_convs=2,
+            fusion_embed_dim=128,
+            fusion_num_heads=4,
+            group_norm_groups=8,
+            use_deform=False,
+            anchor_sizes=(32, 64, 128, 256, 512),
+        ),
+        min_size=256,
+        max_size=448,
+    )
+
+
 def _no_fusion(cfg: GLIPConfig, name: str) -> GLIPConfig:
     cfg.name = name
     cfg.head.early_fusion = False
@@ -213,6 +240,7 @@ PRESETS = {
     "glip_t_reduced": _glip_t_reduced,
     "glip_tiny_test": _glip_tiny_test,
     "glip_tiny_test_a": lambda: _no_fusion(_glip_tiny_test(), "glip_tiny_test_a"),
+    "glip_synth_tiny": _glip_synth_tiny,
 }
 
 

@@ -11,35 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from glip_ros.model import GLIPConfig, HeadConfig, LanguageConfig, SwinConfig
+from glip_ros.model import GLIPConfig, get_preset
 
 __all__ = ["glip_synth_tiny", "TRAIN_PRESETS", "resolve_train_model"]
 
 
 def glip_synth_tiny() -> GLIPConfig:
-    return GLIPConfig(
-        name="glip_synth_tiny",
-        swin=SwinConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0),
-        fpn_channels=64,
-        language=LanguageConfig(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=256,
-        ),
-        head=HeadConfig(
-            channels=64,
-            num_convs=2,
-            fusion_embed_dim=128,
-            fusion_num_heads=4,
-            group_norm_groups=8,
-            use_deform=False,
-            anchor_sizes=(32, 64, 128, 256, 512),
-        ),
-        min_size=256,
-        max_size=448,
-    )
+    """The embedded model's architecture (a model preset too: build_model("glip_synth_tiny"))."""
+    return get_preset("glip_synth_tiny")
 
 
 TRAIN_PRESETS = {"glip_synth_tiny": glip_synth_tiny}
