@@ -180,17 +180,23 @@ def test_use_sim_time_latency_is_measured_on_the_sim_clock(managed) -> None:
         wait_for(lambda: pub.get_subscription_count() > 0, 20, "the image subscription")
         time.sleep(0.5)
         data = jpeg(np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8))
-        for _ in range(10):
+        # Keep sending until answers flow: the node's clock only follows /clock once it has discovered the
+        # publisher, so the first frames after switching use_sim_time may be dropped.
+        deadline = time.monotonic() + 30
+        while sum(m.header.frame_id == "sim_cam" for m in got) < 5 and time.monotonic() < deadline:
             msg = CompressedImage(format="jpeg")
             msg.header.stamp = sim_now()
             msg.header.frame_id = "sim_cam"
             msg.data = data
             pub.publish(msg)
             time.sleep(0.25)
-        wait_for(lambda: sum(m.header.frame_id == "sim_cam" for m in got) >= 5, 20, "answers to sim frames")
+        wait_for(lambda: sum(m.header.frame_id == "sim_cam" for m in got) >= 5, 5, "answers to sim frames")
         assert all(1000 <= m.header.stamp.sec < 1100 for m in got if m.header.frame_id == "sim_cam")
         cam = client.diagnostics()["/glip_node: camera default"]
-        assert 0 <= float(cam["latency_p95_ms"]) < 5000, cam
+        # On the wall clock these sim-stamped frames would show ~1.8e12 ms; the bound only has to tell the clocks
+        # apart (the window may still hold frames answered around the clock switch, seconds late).
+        assert 0 <= float(cam["latency_p50_ms"]) < 60_000, cam
+        assert 0 <= float(cam["latency_p95_ms"]) < 60_000, cam
     finally:
         client.set_parameters(NODE, {"use_sim_time": False})
         stop.set()
