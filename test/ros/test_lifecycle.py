@@ -193,8 +193,8 @@ def test_use_sim_time_latency_is_measured_on_the_sim_clock(managed) -> None:
         wait_for(lambda: sum(m.header.frame_id == "sim_cam" for m in got) >= 5, 5, "answers to sim frames")
         assert all(1000 <= m.header.stamp.sec < 1100 for m in got if m.header.frame_id == "sim_cam")
         cam = client.diagnostics()["/glip_node: camera default"]
-        # On the wall clock these sim-stamped frames would show ~1.8e12 ms; the bound only has to tell the clocks
-        # apart (the window may still hold frames answered around the clock switch, seconds late).
+        # On the wall clock these sim-stamped frames would show ~1.8e12 ms; the bound only has to tell the
+        # clocks apart (the window may hold frames answered around the clock switch, seconds late).
         assert 0 <= float(cam["latency_p50_ms"]) < 60_000, cam
         assert 0 <= float(cam["latency_p95_ms"]) < 60_000, cam
     finally:
