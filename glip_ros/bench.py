@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     cands += head_candidates(
                         out,
                         model.anchors(feats),
-                        [Row(p.token_lists, sizes[0], p.phrase_offset)],
+                        [Row(p.phrase_index(), sizes[0], p.phrase_offset)],
                         model.box_coder,
                         cfg.pre_nms_thresh,
                         cfg.pre_nms_top_n,

@@ -318,7 +318,7 @@ class GroundingEngine:
                 sel = head_candidates(
                     out,
                     anchors,
-                    [Row(p.token_lists, sizes[i], p.phrase_offset) for p, i in rows],
+                    [Row(p.phrase_index(), sizes[i], p.phrase_offset) for p, i in rows],
                     self.model.box_coder,
                     cfg.pre_nms_thresh,
                     cfg.pre_nms_top_n,

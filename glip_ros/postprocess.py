@@ -16,6 +16,7 @@ import torch
 from torchvision.ops import nms
 
 from .model.head import BoxCoder, HeadOutputs
+from .prompt import TOKEN_PAD
 
 __all__ = ["Candidates", "phrase_scores", "level_candidates", "select_candidates", "finalize", "Detection"]
 
@@ -49,6 +50,10 @@ class Candidates:
             probs,
         )
 
+    @staticmethod
+    def empty(like: torch.Tensor) -> Candidates:
+        return Candidates(like.new_zeros((0, 4)), like.new_zeros(0), like.new_zeros(0, dtype=torch.long))
+
     def index(self, keep: torch.Tensor) -> Candidates:
         probs = self.token_probs[keep] if self.token_probs is not None else None
         return Candidates(self.boxes[keep], self.scores[keep], self.labels[keep], probs)
@@ -57,24 +62,11 @@ class Candidates:
         return int(self.scores.numel())
 
 
-def phrase_index(token_lists: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[P, kmax] token indices per phrase (``pad`` where a phrase has fewer tokens) and [P] token counts."""
-    kmax = max(1, max((len(t) for t in token_lists), default=1))
-    idx = torch.full((len(token_lists), kmax), pad, dtype=torch.long)
-    for j, toks in enumerate(token_lists):
-        if toks:
-            idx[j, : len(toks)] = torch.as_tensor(toks)
-    counts = torch.tensor([len(t) for t in token_lists], dtype=torch.float32)
-    return idx, counts
-
-
-def _stack_index(
-    items: Sequence[tuple[torch.Tensor, torch.Tensor]], pad: int, device
-) -> tuple[torch.Tensor, ...]:
+def _stack_index(items: Sequence[tuple[torch.Tensor, torch.Tensor]], device) -> tuple[torch.Tensor, ...]:
     """Row-wise phrase indices padded to a common [N, P, kmax]; padded phrases have count 0 (score 0)."""
     p_max = max(i.shape[0] for i, _ in items)
     k_max = max(i.shape[1] for i, _ in items)
-    idx = torch.full((len(items), p_max, k_max), pad, dtype=torch.long)
+    idx = torch.full((len(items), p_max, k_max), TOKEN_PAD, dtype=torch.long)
     counts = torch.zeros((len(items), p_max), dtype=torch.float32)
     valid = torch.zeros((len(items), p_max), dtype=torch.bool)
     for n, (i, c) in enumerate(items):
@@ -104,7 +96,7 @@ def phrase_scores(logits: torch.Tensor, index: torch.Tensor, counts: torch.Tenso
 class Row:
     """One (prompt chunk, image) pair of a head output batch."""
 
-    token_lists: Sequence[Sequence[int]]
+    index: tuple[torch.Tensor, torch.Tensor]  # Prompt.phrase_index(): built once per prompt, not per frame
     image_size: tuple[int, int]  # resized (h, w), before padding
     label_offset: int = 0
 
@@ -135,10 +127,7 @@ def level_candidates(
     # with trained weights; the margin keeps float rounding of the mean on the safe side).
     used = torch.unique(idx[idx < t])
     if used.numel() == 0:
-        return [
-            Candidates(logits.new_zeros((0, 4)), logits.new_zeros(0), logits.new_zeros(0, dtype=torch.long))
-            for _ in rows
-        ]
+        return [Candidates.empty(logits) for _ in rows]
     peak = logits.index_select(2, used).amax(dim=2).sigmoid()  # [N, HW]
     alive = torch.nonzero((peak > pre_nms_thresh * (1 - 1e-6)).any(0)).squeeze(1)  # [A]
     if alive.numel() < hw:
@@ -154,10 +143,7 @@ def level_candidates(
     weighted = torch.where(cand, scores * ctr[:, :, None], torch.full_like(scores, -1.0)).view(n, -1)
     k = min(pre_nms_top_n, weighted.shape[1])
     if k == 0:
-        return [
-            Candidates(logits.new_zeros((0, 4)), logits.new_zeros(0), logits.new_zeros(0, dtype=torch.long))
-            for _ in rows
-        ]
+        return [Candidates.empty(logits) for _ in rows]
     vals, top = weighted.topk(k, dim=1, sorted=False)
     is_cand = cand.view(n, -1).gather(1, top)
     loc, cls = top // p, top % p
@@ -188,8 +174,7 @@ def head_candidates(
     keep_token_probs: bool = False,
 ) -> list[Candidates]:
     """All levels of a head output whose batch rows are ``rows``; per row, levels concatenated in order."""
-    t = out.logits[0].shape[2]
-    index = _stack_index([phrase_index(r.token_lists, t) for r in rows], t, out.logits[0].device)
+    index = _stack_index([r.index for r in rows], out.logits[0].device)
     per_level = [
         level_candidates(
             out.logits[lv],

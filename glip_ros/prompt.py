@@ -20,6 +20,7 @@ import torch
 __all__ = ["QueryError", "Prompt", "split_query", "build_prompt", "build_prompts", "get_tokenizer"]
 
 MAX_QUERY_LEN = 256
+TOKEN_PAD = 1 << 30  # "no token" in Prompt.phrase_index: larger than any prompt length
 _SEPARATORS = re.compile(r"[.,;\n]")
 PhraseSpec = str | tuple[int, int] | Sequence[tuple[int, int]]
 
@@ -51,6 +52,20 @@ class Prompt:
     # none).
     sentence: bool = False
     token_spans: list[tuple[int, int]] = field(default_factory=list)
+    _index: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def phrase_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[P, kmax] token indices per phrase (``TOKEN_PAD`` where a phrase has fewer) and [P] token counts,
+        built once per prompt (it lives in the text cache with the prompt) for the per-frame score gather."""
+        if self._index is None:
+            kmax = max(1, max((len(t) for t in self.token_lists), default=1))
+            idx = torch.full((len(self.token_lists), kmax), TOKEN_PAD, dtype=torch.long)
+            for j, toks in enumerate(self.token_lists):
+                if toks:
+                    idx[j, : len(toks)] = torch.as_tensor(toks)
+            counts = torch.tensor([len(t) for t in self.token_lists], dtype=torch.float32)
+            self._index = (idx, counts)
+        return self._index
 
     @property
     def num_tokens(self) -> int:

