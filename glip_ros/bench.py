@@ -68,6 +68,32 @@ def _flops(fn: Callable[[], None]) -> float:
     return float(fc.get_total_flops())
 
 
+def _copy(c):
+    from .postprocess import Candidates
+
+    return Candidates(c.boxes.clone(), c.scores.clone(), c.labels.clone())
+
+
+def compare_top(ref, other, k: int = 20) -> dict[str, float]:
+    """How many of ``ref``'s top-k candidates ``other`` reproduces (same phrase, IoU >= 0.9, |score diff|
+    <= 0.05: the issue's fp32-vs-bf16 criterion), and the largest score difference among the matched."""
+    from torchvision.ops import box_iou
+
+    order = torch.argsort(ref.scores, descending=True)[:k]
+    matched, worst = 0, 0.0
+    for i in order.tolist():
+        same = (other.labels == ref.labels[i]).nonzero().flatten()
+        if same.numel() == 0:
+            continue
+        ious = box_iou(ref.boxes[i : i + 1].float().cpu(), other.boxes[same].float().cpu())[0]
+        ds = (other.scores[same].float().cpu() - float(ref.scores[i])).abs()
+        ok = (ious >= 0.9) & (ds <= 0.05)
+        if bool(ok.any()):
+            matched += 1
+            worst = max(worst, float(ds[ok].min()))
+    return {"top": int(order.numel()), "matched": matched, "max_score_diff": worst}
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     from .engine import GroundingEngine
     from .model import build_model
@@ -92,13 +118,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         max_chunk_batch=args.chunk_batch,
         head_precision=args.head_precision,
         text_padding=args.text_padding,
+        cuda_graphs=not args.no_cuda_graphs,
     )
     phrases = (
         ["red circle", "blue square", "green triangle"]
         if args.phrases == 3
         else lvis_sized_phrases(args.phrases)
     )
-    query_text = ". ".join(phrases)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(args.cameras)]
     if args.scenes:
@@ -118,6 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "cameras": args.cameras,
         "head_precision": args.head_precision,
         "text_padding": args.text_padding,
+        "cuda_graphs": eng.graphs is not None,
     }
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
@@ -127,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     # ---- cached path: per-stage timings --------------------------------------------------------------------
     t0 = time.perf_counter()
-    q = eng.prepare_query(query_text)
+    q = eng.prepare_query(phrases)  # a list: the official caption "a . b . c . ", as the official path
     _sync(device)
     res["text_encode_once_ms"] = 1000 * (time.perf_counter() - t0)
     res["chunks"] = q.num_chunks
@@ -168,7 +195,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     for i, p in enumerate(official_prompts):
         p.phrase_offset = i * chunk
 
+    official_result: list[Candidates] = []
+
     def official_once() -> None:
+        model.use_reference_ops(True)  # the official operation order and torchvision's DCN
+        official_result.clear()
         with torch.inference_mode():
             for frame in frames:  # one camera at a time
                 batch, sizes, _ = model.preprocess([frame], None, None, device=device)
@@ -185,7 +216,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                         cfg.pre_nms_thresh,
                         cfg.pre_nms_top_n,
                     )
-                select_candidates(Candidates.cat(cands), cfg.nms_thresh, cfg.detections_per_img)
+                official_result.append(
+                    select_candidates(Candidates.cat(cands), cfg.nms_thresh, cfg.detections_per_img)
+                )
+        model.use_reference_ops(False)
 
     if not args.skip_official:
         off_runs = max(1, args.runs if len(official_prompts) == 1 else min(args.runs, 3))
@@ -193,6 +227,24 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         res["official"] = {"end_to_end": _stats(off), "prompts_per_frame": len(official_prompts)}
         res["official"]["frames_per_s"] = args.cameras / (res["official"]["end_to_end"]["median_ms"] / 1000)
         res["speedup"] = res["official"]["end_to_end"]["median_ms"] / res["cached"]["end_to_end"]["median_ms"]
+    # ---- numerics: one frame through the official-style path, the engine, the engine without graphs ----
+    # Candidates of every score (random weights put few above the usual 0.05), top-20 compared.
+    saved_thresh, cfg.pre_nms_thresh = cfg.pre_nms_thresh, 0.0
+    try:
+        ours = [_copy(c) for c in eng.candidates(frames[:1], q, None, None)[0]]
+        if not args.skip_official and len(official_prompts) == len(q.prompts):
+            official_once()  # same chunks: the two paths must give the same boxes
+            res["cached_vs_official_top20"] = compare_top(official_result[0], ours[0])
+        if eng.graphs is not None:
+            graphs, eng.graphs = eng.graphs, None
+            try:
+                eager, _ = eng.candidates(frames[:1], q, None, None)
+            finally:
+                eng.graphs = graphs
+            res["graphs_vs_eager_top20"] = compare_top(eager[0], ours[0])
+            res["graph_counters"] = dict(graphs.counters)
+    finally:
+        cfg.pre_nms_thresh = saved_thresh
 
     # ---- FLOPs per stage (one frame, one chunk) ------------------------------------------------------------
     if args.flops:
@@ -253,6 +305,12 @@ def table(res: dict[str, object]) -> str:
             f"per camera frame, {o['frames_per_s']:.2f} frames/s;"
             f" cached is {res['speedup']:.2f}x faster"
         )
+    for key in ("cached_vs_official_top20", "graphs_vs_eager_top20"):
+        if key in res:
+            m = res[key]
+            lines.append(
+                f"{key}: {m['matched']}/{m['top']} matched, max score diff {m['max_score_diff']:.2g}"
+            )
     if "gflops" in res:
         g = res["gflops"]
         tot = sum(g.values())
@@ -277,9 +335,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--head-precision",
         default="fp32",
-        choices=["fp32", "auto"],
-        help="fp32: only the backbone follows --precision; auto: the head too",
+        choices=["fp32", "tf32", "auto"],
+        help="fp32: only the backbone follows --precision; tf32: fp32 head with TF32 matrix products (GPU); "
+        "auto: the head follows --precision too",
     )
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="run the engine eagerly on CUDA")
     ap.add_argument("--text-padding", default="tight", choices=["tight", "max"])
     ap.add_argument("--checkpoint", help="benchmark these weights (default: random weights of --preset)")
     ap.add_argument(

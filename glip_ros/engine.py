@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .cuda_graphs import GraphCache
 from .model import GLIPModel, build_model, load_checkpoint, read_checkpoint_config
 from .model.head import HeadOutputs
 from .model.language import TextFeatures
@@ -130,6 +131,7 @@ class GroundingEngine:
         max_query_chars: int = 50000,
         head_precision: str = "fp32",
         text_padding: str = "tight",
+        cuda_graphs: bool = True,
     ):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -145,8 +147,14 @@ class GroundingEngine:
         # "max" pads every prompt to 256 tokens exactly as the official code; "tight" to the next multiple
         # of 8.
         self.text_padding = text_padding
-        # "fp32" (default): the head runs in fp32 whatever ``precision`` is; "auto": same as the backbone.
+        # "fp32" (default): the head runs in fp32 whatever ``precision`` is; "tf32": fp32 with TF32 matrix
+        # products on GPUs that have them (same as fp32 elsewhere); "auto": same as the backbone.
+        if head_precision not in ("fp32", "tf32", "auto"):
+            raise ValueError(f"head_precision must be fp32, tf32 or auto, got {head_precision!r}")
         self.head_precision = head_precision
+        # CUDA graphs replay the backbone and the head per input shape (see cuda_graphs.py); CUDA only.
+        self.graphs = GraphCache() if cuda_graphs and self.device.type == "cuda" else None
+        self._run_lock = threading.Lock()  # graph replays reuse static buffers: one forward at a time
         self.min_size = model.config.min_size if min_size == -1 else min_size
         self.max_size = model.config.max_size if max_size == -1 else max_size
         self.max_chunk_batch = max(1, int(max_chunk_batch))
@@ -164,6 +172,9 @@ class GroundingEngine:
                 "head_forwards",
                 "frames",
                 "queries",
+                "graph_captures",
+                "graph_replays",
+                "graph_fallbacks",
             )
         }
         self.timings: dict[str, float] = {}
@@ -252,13 +263,53 @@ class GroundingEngine:
 
     # -- frames ----------------------------------------------------------------------------------------------
     def _head_precision(self):
-        return self._autocast() if self.head_precision == "auto" else contextlib.nullcontext()
+        if self.head_precision == "auto":
+            return self._autocast()
+        if self.head_precision == "tf32" and self.device.type == "cuda":
+            return _tf32()
+        return contextlib.nullcontext()
 
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        # No weight-cast cache: a CUDA graph capture must not keep pointers into a cache freed afterwards.
+        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=False)
+
+    def _graphed(self, name: str, fn, inputs: Sequence[torch.Tensor]):
+        if self.graphs is None:
+            return fn(*inputs)
+        out = self.graphs(name, fn, inputs)
+        for k in ("captures", "replays", "fallbacks"):
+            self.counters[f"graph_{k}"] = self.graphs.counters[k]
+        return out
+
+    def _backbone(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        with self._autocast():
+            feats = self.model.encode_image(batch)
+        # Reduced precision stops at the backbone unless head_precision says otherwise: the fusion softmaxes,
+        # the BERT layers and the token logits decide rankings (measured: bf16 there reorders the top
+        # detections).
+        return [f.float() for f in feats]
+
+    def _fused_head(self, *args: torch.Tensor) -> HeadOutputs:
+        """(5 feature levels of n images, text hidden/embedded/masks of k chunks x n images) -> outputs."""
+        feats, (hidden, embedded, masks) = list(args[:-3]), args[-3:]
+        k = hidden.shape[0] // feats[0].shape[0]
+        if k > 1:  # chunk-major batch: index = chunk * n_img + image
+            feats = [f.repeat(k, 1, 1, 1) for f in feats]
+        with self._head_precision():
+            return self.model.rpn.head(feats, TextFeatures(hidden, embedded, masks))
+
+    def _visual_tower(self, *feats: torch.Tensor):
+        """No early fusion: the tower (DyConv layers only) and the box outputs depend on the image only."""
+        head = self.model.rpn.head
+        with self._head_precision():
+            visual = list(feats)
+            for layer in head.dyhead_tower:
+                visual = layer(visual)
+            bbox_reg, centerness = head.box_outputs(visual)
+        return visual, bbox_reg, centerness
 
     def detect(
         self,
@@ -299,16 +350,16 @@ class GroundingEngine:
         self, images: Sequence[np.ndarray], query: PreparedQuery, min_size, max_size
     ) -> tuple[list[Candidates], list[tuple[float, float]]]:
         """Final (post-NMS, top-k) candidates per image in resized-image pixels, and the scale back."""
+        with self._run_lock:
+            return self._candidates(images, query, min_size, max_size)
+
+    def _candidates(self, images, query, min_size, max_size):
         cfg = self.model.config.head
         t0 = time.perf_counter()
         with torch.inference_mode():
             batch, sizes, scales = self.model.preprocess(images, min_size, max_size, device=self.device)
             t1 = time.perf_counter()
-            with self._autocast():
-                feats = self.model.encode_image(batch)
-            # Reduced precision stops at the backbone: the fusion softmaxes, the BERT layers and the token
-            # logits decide rankings and are run in fp32 (measured: bf16 there reorders the top detections).
-            feats = [f.float() for f in feats]
+            feats = self._graphed("backbone", self._backbone, (batch,))
             self.counters["image_forwards"] += 1
             anchors = self.model.anchors(feats)
             t2 = time.perf_counter()
@@ -346,9 +397,7 @@ class GroundingEngine:
             # No deep fusion: the visual tower does not depend on the text; run it once per frame and only the
             # token alignment per chunk. Chunks are post-processed one at a time: batching them measured
             # slower on CPU (a 12x larger working set) for no fewer operations.
-            with self._head_precision():
-                visual, _ = head.run_tower(feats, texts[0])
-                bbox_reg, centerness = head.box_outputs(visual)
+            visual, bbox_reg, centerness = self._graphed("tower", self._visual_tower, feats)
             self.counters["head_forwards"] += 1
             for p, t in zip(query.prompts, texts, strict=True):
                 with self._head_precision():
@@ -360,15 +409,11 @@ class GroundingEngine:
         for start in range(0, len(query.prompts), self.max_chunk_batch):
             prompts = query.prompts[start : start + self.max_chunk_batch]
             chunk_texts = texts[start : start + self.max_chunk_batch]
-            k = len(prompts)
-            if k == 1:
-                vis = feats
+            if len(prompts) == 1:
                 text = chunk_texts[0].repeat(n_img) if n_img > 1 else chunk_texts[0]
-            else:  # chunk-major batch: index = chunk * n_img + image
-                vis = [f.repeat(k, 1, 1, 1) for f in feats]
+            else:
                 text = _stack_texts(chunk_texts, n_img)
-            with self._head_precision():
-                out = head(vis, text)
+            out = self._graphed("head", self._fused_head, (*feats, text.hidden, text.embedded, text.masks))
             self.counters["head_forwards"] += 1
             yield out, [(p, i) for p in prompts for i in range(n_img)]
 
@@ -385,3 +430,17 @@ class GroundingEngine:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+        if self.graphs is not None:
+            with self._run_lock:
+                self.graphs.clear()
+
+
+@contextlib.contextmanager
+def _tf32():
+    """TF32 matrix products and convolutions for the duration (process-wide flags, restored after)."""
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev

@@ -39,6 +39,8 @@ class BiMultiHeadAttention(nn.Module):
         ):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
+        # The factored form (same function, fewer FLOPs); False runs the official operation order.
+        self.factored = True
 
     def _shape(self, t: torch.Tensor, bsz: int) -> torch.Tensor:
         return t.view(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2).contiguous()
@@ -46,6 +48,14 @@ class BiMultiHeadAttention(nn.Module):
     def forward(
         self, v: torch.Tensor, lang: torch.Tensor, mask_l: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.factored:
+            return self.forward_factored(v, lang, mask_l)
+        return self.forward_reference(v, lang, mask_l)
+
+    def forward_reference(
+        self, v: torch.Tensor, lang: torch.Tensor, mask_l: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official computation, operation for operation (kept to test the factored form against)."""
         bsz, tgt_len, _ = v.shape
         proj_shape = (bsz * self.num_heads, -1, self.head_dim)
         q = self._shape(self.v_proj(v) * self.scale, bsz).view(*proj_shape)
@@ -59,11 +69,7 @@ class BiMultiHeadAttention(nn.Module):
         attn_t = attn.transpose(1, 2)
         attn_l = (attn_t - attn_t.max(dim=-1, keepdim=True)[0]).clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=-1)
         if mask_l is not None:
-            # Official quirk kept on purpose: the 0/1 mask gets -9e15 where 0 and is ADDED, so valid text
-            # positions get +1 (softmax-invariant, but it is what the checkpoints were trained with).
-            m = mask_l[:, None, None, :].to(attn.dtype)
-            m = m.masked_fill(m == 0, -9e15)
-            attn = (attn.view(bsz, self.num_heads, tgt_len, src_len) + m).view(
+            attn = (attn.view(bsz, self.num_heads, tgt_len, src_len) + _text_mask(mask_l, attn.dtype)).view(
                 bsz * self.num_heads, tgt_len, src_len
             )
         attn_v = attn.softmax(dim=-1)
@@ -72,6 +78,55 @@ class BiMultiHeadAttention(nn.Module):
         out_v = self.out_v_proj(out_v.reshape(bsz, tgt_len, self.embed_dim))
         out_l = self.out_l_proj(out_l.reshape(bsz, src_len, self.embed_dim))
         return out_v, out_l
+
+    def forward_factored(
+        self, v: torch.Tensor, lang: torch.Tensor, mask_l: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same function with the visual projections folded into the text side.
+
+        The official form projects all N visual tokens (22k for GLIP-T at 800x1333) to the 2048-wide
+        embedding three times (query, value, and back out) although every product it feeds has the T text
+        tokens on the other side. Since (v Wq_h + bq_h) k_h^T = v (Wq_h k_h^T) + bq_h k_h^T, and likewise for
+        the value/output projections, the per-head matrices are formed on the text side (T x 256) and the
+        visual side needs three products of width heads*T instead of six of width 2048: 16-32x fewer
+        FLOPs for a short query, 2x fewer for a full 256-token chunk, and no N x 2048 tensors. Differences
+        from :meth:`forward_reference` are float reassociation only (tested).
+        """
+        bsz, n, dv = v.shape
+        h, d = self.num_heads, self.head_dim
+        t = lang.shape[1]
+        k = self.l_proj(lang).view(bsz, t, h, d)
+        vl = self.values_l_proj(lang).view(bsz, t, h, d)
+        wq = self.v_proj.weight.view(h, d, dv)
+        # logits[b, n, h, t] = v[b, n] . a[b, :, h, t] + c[b, h, t]
+        a = torch.einsum("hdc,bthd->bcht", wq, k).reshape(bsz, dv, h * t) * self.scale
+        c = torch.einsum("hd,bthd->bht", self.v_proj.bias.view(h, d), k).reshape(bsz, 1, h * t) * self.scale
+        attn = torch.baddbmm(c, v, a).clamp(min=-_CLAMP, max=_CLAMP).view(bsz, n, h, t)
+        # Text side: softmax over ALL visual tokens (no visual mask: the padded image area takes part, as
+        # official).
+        attn_l = (attn - attn.amax(dim=1, keepdim=True)).clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=1)
+        if mask_l is not None:
+            attn = attn + _text_mask(mask_l, attn.dtype).view(bsz, 1, 1, t)
+        attn_v = attn.softmax(dim=-1)
+        # out_v = sum_h attn_v[h] @ (vl_h Wo_h^T) + bo
+        wo = self.out_v_proj.weight.view(dv, h, d)
+        u = torch.einsum("bthd,chd->bhtc", vl, wo).reshape(bsz, h * t, dv)
+        out_v = torch.baddbmm(self.out_v_proj.bias.view(1, 1, dv), attn_v.reshape(bsz, n, h * t), u)
+        # out_l: (attn_l_h @ v) Wvv_h^T + bvv_h (softmax rows sum to one), then the official out_l_proj
+        z = torch.bmm(attn_l.reshape(bsz, n, h * t).transpose(1, 2), v).view(bsz, h, t, dv)
+        wvv = self.values_v_proj.weight.view(h, d, dv)
+        y = torch.einsum("bhtc,hdc->bthd", z, wvv) + self.values_v_proj.bias.view(1, 1, h, d)
+        out_l = self.out_l_proj(y.reshape(bsz, t, h * d))
+        return out_v, out_l
+
+
+def _text_mask(mask_l: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T] 0/1 mask -> additive [B, 1, 1, T] mask.
+
+    Official quirk kept on purpose: the 0/1 mask gets -9e15 where 0 and is ADDED, so valid text positions
+    get +1 (softmax-invariant, but it is what the checkpoints were trained with)."""
+    m = mask_l[:, None, None, :].to(dtype)
+    return m.masked_fill(m == 0, -9e15)
 
 
 class BiAttentionBlock(nn.Module):

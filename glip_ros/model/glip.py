@@ -128,6 +128,19 @@ class GLIPModel(nn.Module):
         return self.backbone(images)
 
     # -- head ------------------------------------------------------------------------------------------------
+    def use_reference_ops(self, on: bool = True) -> GLIPModel:
+        """``on``: the official operation order (fusion projections on the visual side, torchvision's
+        deformable convolution). Off (default): the factored fusion and the sampled deformable convolution,
+        the same functions up to float reassociation with fewer FLOPs (see fusion.py, dyhead.py)."""
+        from .dyhead import set_deform_impl
+        from .fusion import BiMultiHeadAttention
+
+        for m in self.modules():
+            if isinstance(m, BiMultiHeadAttention):
+                m.factored = not on
+        set_deform_impl(self, "torchvision" if on else "sample")
+        return self
+
     def forward_head(self, features: list[torch.Tensor], text: TextFeatures) -> HeadOutputs:
         return self.rpn.head(features, text)
 

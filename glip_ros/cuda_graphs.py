@@ -1,0 +1,104 @@
+"""CUDA graphs for the engine's fixed-shape stages (backbone, fused head).
+
+Why: with a cached query the per-frame work is a few thousand small kernels (Swin windows, five pyramid
+levels times six DyHead layers); launched one by one from Python the GPU waits on the CPU. A camera stream
+has a fixed frame size and a query keeps its token count, so each stage's shapes repeat frame after frame:
+capture the stage once per input signature and replay it.
+
+A replay overwrites the previous outputs of the same graph in place: callers consume them (or copy) before
+the next call with the same signature. Any failure to capture is logged once per signature and that
+signature runs eagerly from then on (counted in ``counters["fallbacks"]``), so a graph problem costs speed,
+never a result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["GraphCache"]
+
+_log = logging.getLogger(__name__)
+
+
+class _Captured:
+    __slots__ = ("graph", "inputs", "outputs")
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: tuple[torch.Tensor, ...], outputs: Any):
+        self.graph = graph
+        self.inputs = inputs
+        self.outputs = outputs
+
+
+class GraphCache:
+    """Captures ``fn(*inputs)`` once per (name, input shapes/dtypes) and replays it afterwards.
+
+    ``fn`` must be a pure function of its tensor inputs (and of module parameters, which a graph reads in
+    place, so weight updates are seen), free of host synchronisation and data-dependent shapes.
+    """
+
+    def __init__(self, max_graphs: int = 8, warmup_runs: int = 2):
+        self.max_graphs = max(1, int(max_graphs))
+        self.warmup_runs = max(1, int(warmup_runs))
+        self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._failed: set[tuple] = set()
+        self.counters = {"captures": 0, "replays": 0, "fallbacks": 0}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        self._graphs.clear()
+        self._failed.clear()
+
+    def __call__(self, name: str, fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Any:
+        inputs = tuple(inputs)
+        key = (name, tuple((tuple(t.shape), t.dtype, str(t.device)) for t in inputs))
+        if key in self._failed:
+            self.counters["fallbacks"] += 1
+            return fn(*inputs)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(fn, inputs)
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: run this signature eagerly
+                self._failed.add(key)
+                self.counters["fallbacks"] += 1
+                _log.warning(
+                    "CUDA graph capture of %s failed (%s: %s); running it eagerly",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                )
+                torch.cuda.synchronize()
+                return fn(*inputs)
+            self._graphs[key] = entry
+            self.counters["captures"] += 1
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        for static, new in zip(entry.inputs, inputs, strict=True):
+            static.copy_(new)
+        entry.graph.replay()
+        self.counters["replays"] += 1
+        return entry.outputs
+
+    def _capture(self, fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> _Captured:
+        device = inputs[0].device
+        static = tuple(t.clone() for t in inputs)
+        # Warm-up on a side stream (cuBLAS/cuDNN handles and workspaces get created outside the capture).
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_runs):
+                fn(*static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            outputs = fn(*static)
+        return _Captured(graph, static, outputs)
