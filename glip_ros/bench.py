@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         text_padding=args.text_padding,
         cuda_graphs=not args.no_cuda_graphs,
     )
+    eng.sync_stages = True  # per-stage timings on CUDA (one sync after the backbone)
     phrases = (
         ["red circle", "blue square", "green triangle"]
         if args.phrases == 3
@@ -227,6 +228,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         res["official"] = {"end_to_end": _stats(off), "prompts_per_frame": len(official_prompts)}
         res["official"]["frames_per_s"] = args.cameras / (res["official"]["end_to_end"]["median_ms"] / 1000)
         res["speedup"] = res["official"]["end_to_end"]["median_ms"] / res["cached"]["end_to_end"]["median_ms"]
+    if args.profile:  # where one cached call spends its time, by kernel/operator (self time)
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            cached_once()
+            _sync(device)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile), flush=True)
+
     # ---- numerics: one frame through the official-style path, the engine, the engine without graphs ----
     # Candidates of every score (random weights put few above the usual 0.05), top-20 compared.
     saved_thresh, cfg.pre_nms_thresh = cfg.pre_nms_thresh, 0.0
@@ -348,6 +359,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--flops", action="store_true")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N most costly operators")
     ap.add_argument("--json", help="also write the raw results to this file")
     args = ap.parse_args(argv)
     if args.threads > 0:

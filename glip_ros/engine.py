@@ -155,6 +155,9 @@ class GroundingEngine:
         # CUDA graphs replay the backbone and the head per input shape (see cuda_graphs.py); CUDA only.
         self.graphs = GraphCache() if cuda_graphs and self.device.type == "cuda" else None
         self._run_lock = threading.Lock()  # graph replays reuse static buffers: one forward at a time
+        # Wait for the GPU at each stage boundary so ``timings`` are per stage (benchmarks); off by default,
+        # since a CUDA stage otherwise returns as soon as its kernels are queued.
+        self.sync_stages = False
         self.min_size = model.config.min_size if min_size == -1 else min_size
         self.max_size = model.config.max_size if max_size == -1 else max_size
         self.max_chunk_batch = max(1, int(max_chunk_batch))
@@ -361,6 +364,8 @@ class GroundingEngine:
             t1 = time.perf_counter()
             feats = self._graphed("backbone", self._backbone, (batch,))
             self.counters["image_forwards"] += 1
+            if self.sync_stages and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             anchors = self.model.anchors(feats)
             t2 = time.perf_counter()
             per_image: list[list[Candidates]] = [[] for _ in images]
