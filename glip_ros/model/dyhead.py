@@ -97,9 +97,26 @@ def deform_conv2d_sampled(
     # grid_sample's align_corners=False pixel convention: pixel i sits at (2i + 1) / size - 1.
     grid = torch.stack(((2 * xx + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1).view(b, ntap * ho, wo, 2)
     cols = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    cols = (cols.view(b, c, ntap, ho, wo) * mask.view(b, 1, ntap, ho, wo)).view(b, c * ntap, ho * wo)
+    cols = cols.view(b, c, ntap, ho, wo)
+    low = _autocast_dtype(dev.type)
+    if low is not None:
+        # The product will run in the autocast type: cast while applying the modulation (one pass, not two).
+        masked = torch.empty(cols.shape, dtype=low, device=dev)
+        cols = torch.mul(cols, mask.view(b, 1, ntap, ho, wo), out=masked)
+    else:
+        cols = cols * mask.view(b, 1, ntap, ho, wo)
+    cols = cols.view(b, c * ntap, ho * wo)
     out = torch.matmul(weight.reshape(weight.shape[0], -1), cols) + bias.view(1, -1, 1)
     return out.view(b, -1, ho, wo)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    try:  # torch >= 2.4 takes the device type
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):
+        pass
+    return None
 
 
 def set_deform_impl(module: nn.Module, impl: str) -> None:

@@ -98,23 +98,25 @@ class BiMultiHeadAttention(nn.Module):
         k = self.l_proj(lang).view(bsz, t, h, d)
         vl = self.values_l_proj(lang).view(bsz, t, h, d)
         wq = self.v_proj.weight.view(h, d, dv)
-        # logits[b, (h, t), n] = a[b, (h, t)] . v[b, n] + c[b, (h, t)]. Visual tokens last: both softmaxes
-        # then reduce along a contiguous axis or run one thread per visual token (a softmax over the 22k
-        # visual tokens along a middle axis measured several ms per layer on an H200).
+        # logits[b, n, (h, t)] = v[b, n] . a[b, (h, t)] + c[b, (h, t)], computed twice: once with the visual
+        # tokens last (text side: softmax over them along a contiguous axis) and once with them first
+        # (visual side: softmax over the T tokens). A second product this thin is cheaper than transposing
+        # the logits, and a softmax along a middle axis measured several ms per layer on an H200.
         a = torch.einsum("hdc,bthd->bhtc", wq, k).reshape(bsz, h * t, dv) * self.scale
         c = torch.einsum("hd,bthd->bht", self.v_proj.bias.view(h, d), k).reshape(bsz, h * t, 1) * self.scale
-        attn = torch.baddbmm(c, a, v.transpose(1, 2)).clamp(min=-_CLAMP, max=_CLAMP)
+        attn_l = torch.baddbmm(c, a, v.transpose(1, 2)).clamp(min=-_CLAMP, max=_CLAMP)
         # Text side: softmax over ALL visual tokens (no visual mask: the padded image area takes part, as
         # official).
-        attn_l = (attn - attn.amax(dim=-1, keepdim=True)).clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=-1)
-        attn = attn.view(bsz, h, t, n)
+        attn_l = (attn_l - attn_l.amax(dim=-1, keepdim=True)).clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=-1)
+        attn = torch.baddbmm(c.transpose(1, 2), v, a.transpose(1, 2)).clamp(min=-_CLAMP, max=_CLAMP)
+        attn = attn.view(bsz, n, h, t)
         if mask_l is not None:
-            attn = attn + _text_mask(mask_l, attn.dtype).view(bsz, 1, t, 1)
-        attn_v = attn.softmax(dim=2).view(bsz, h * t, n)
+            attn = attn + _text_mask(mask_l, attn.dtype).view(bsz, 1, 1, t)
+        attn_v = attn.softmax(dim=-1).view(bsz, n, h * t)
         # out_v = sum_h attn_v[h]^T @ (vl_h Wo_h^T) + bo
         wo = self.out_v_proj.weight.view(dv, h, d)
         u = torch.einsum("bthd,chd->bhtc", vl, wo).reshape(bsz, h * t, dv)
-        out_v = torch.baddbmm(self.out_v_proj.bias.view(1, 1, dv), attn_v.transpose(1, 2), u)
+        out_v = torch.baddbmm(self.out_v_proj.bias.view(1, 1, dv), attn_v, u)
         # out_l: (attn_l_h @ v) Wvv_h^T + bvv_h (softmax rows sum to one), then the official out_l_proj
         z = torch.bmm(attn_l, v).view(bsz, h, t, dv)
         wvv = self.values_v_proj.weight.view(h, d, dv)
