@@ -106,6 +106,12 @@ def od_to_grounding(
     """Caption for one image from its box labels (GLIP's ``convert_object_detection_to_grounding_optimized_
     for_od``): positives that fit, then negatives (all ``max_negatives`` with p=0.5, else 1..max), shuffled.
 
+    ``max_negatives < 0`` with ``shuffle=False`` is the official fine-tuning prompt
+    (``convert_od_to_grounding_simple`` with ``DATASETS.DISABLE_SHUFFLE``): every category, in id order, the
+    same caption for every image and the same one the COCO evaluation uses (``category_prompt``). Prompt
+    tuning needs it: its learned offset is per token position, so a position must hold the same word in
+    training and at test time.
+
     Returns the caption and {category id: (start, end)} for the categories in it."""
     positives = list(dict.fromkeys(labels))
     if shuffle:
@@ -118,7 +124,9 @@ def od_to_grounding(
         kept.append(c)
         used += cost
     pool = [c for c in names if c not in set(positives)]
-    if pool and max_negatives > 0:
+    if max_negatives < 0:
+        negs = sorted(pool)
+    elif pool and max_negatives > 0:
         n = min(len(pool), max_negatives if rng.random() < 0.5 else int(rng.integers(1, max_negatives + 1)))
         negs = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)] if n else []
     else:

@@ -115,6 +115,7 @@ def build_dataset(spec: dict[str, Any], tokenizer=None, seed: int = 0):
             spec.get("image_root"),
             spec.get("mode", "detection"),
             max_negatives=int(spec.get("max_negatives", 85)),
+            shuffle_labels=bool(spec.get("shuffle", True)),
             tokenizer=tokenizer,
             seed=seed,
         )

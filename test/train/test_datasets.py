@@ -67,6 +67,29 @@ def test_od_to_grounding_token_budget() -> None:
     assert len(get_train_tokenizer()(cap)["input_ids"]) <= 256
 
 
+def test_fixed_fine_tuning_prompt_is_the_evaluation_prompt(tmp_path) -> None:
+    """max_negatives=-1, shuffle off (the official fine-tuning prompt): every image gets all category names in
+    id order, the caption glip-eval uses; prompt tuning's per-position offset depends on it."""
+    from glip_ros.eval.evaluate import category_prompt
+    from glip_ros.train.datasets import clean_name
+    from glip_ros.train.trainer import build_dataset
+
+    images = [_img(1), _img(2)]
+    anns = [_ann(1, 1, 3, [1, 1, 10, 10]), _ann(2, 2, 2, [5, 5, 10, 10]), _ann(3, 2, 1, [20, 20, 9, 9])]
+    path = _write(tmp_path, images, anns, CATS)
+    want, want_spans = category_prompt([clean_name(c["name"]) for c in CATS])
+    spec = {"type": "coco", "json": path, "max_negatives": -1, "shuffle": False}
+    ds = build_dataset(spec, seed=3)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        a, b = ds[0], ds[1]
+        assert a["caption"] == b["caption"] == want == "red circle. square. star"
+        assert a["box_spans"] == [[want_spans[2]]]
+        assert b["box_spans"] == [[want_spans[1]], [want_spans[0]]]
+    shuffled = build_dataset({"type": "coco", "json": path, "max_negatives": 0}, seed=3)
+    assert shuffled[0]["caption"] == "star"  # the default: positives (+ sampled negatives), shuffled
+
+
 def test_missing_image_is_skipped_and_counted(tmp_path, caplog) -> None:
     images = [_img(1), _img(2)]
     path = _write(tmp_path, images, [_ann(1, 1, 1, [1, 1, 5, 5]), _ann(2, 2, 1, [1, 1, 5, 5])], CATS)

@@ -78,6 +78,25 @@ def test_prompt_tuning_trains_only_the_offset(tmp_path) -> None:
             assert torch.equal(p, frozen[n]), n
 
 
+def test_prompt_tuning_offset_gets_gradient_at_every_prompt_position(tmp_path) -> None:
+    """The offset rows of the prompt's token positions all get gradient, the rest of the model none (the
+    official language_prompt_v2 freezes everything else)."""
+    tr = _trainer(tmp_path, mode="prompt", lr=0.05)
+    tr.model.train()
+    items = tr.load_items(0)
+    _, ids, mask, _ = tr.collate(items)
+    loss = tr.compute_loss(0, items)
+    loss.total.backward()
+    g = tr.model.rpn.tunable_linear.weight.grad
+    rows = g.abs().sum(1)
+    n = ids.shape[1]
+    assert bool((rows[:n] > 0).all()), rows[:n]
+    assert float(rows[n:].abs().sum()) == 0.0
+    assert [n for n, p in tr.model.named_parameters() if p.requires_grad] == ["rpn.tunable_linear.weight"]
+    decay = [g["weight_decay"] for g in tr.optimizer.param_groups if g["params"]]
+    assert decay == [tr.cfg.weight_decay]  # the 2-d offset is decayed as the official optimizer does
+
+
 def test_fit_writes_a_loadable_checkpoint(tmp_path) -> None:
     from glip_ros.eval.evaluate import load_model
 
