@@ -404,10 +404,14 @@ class GroundingEngine:
             # slower on CPU (a 12x larger working set) for no fewer operations.
             visual, bbox_reg, centerness = self._graphed("tower", self._visual_tower, feats)
             self.counters["head_forwards"] += 1
+            queries = [v.flatten(2).transpose(1, 2).contiguous() for v in visual]  # once, for every chunk
             for p, t in zip(query.prompts, texts, strict=True):
                 with self._head_precision():
                     proj, bias = head.token_projection(t.embedded.to(self.device))
-                    logits = head.alignment_logits(visual, proj.expand(n_img, -1, -1), bias.expand(n_img, -1))
+                    # Unclamped: post-processing only takes sigmoids, which the clamp cannot change.
+                    logits = head.alignment_logits_flat(
+                        queries, proj.expand(n_img, -1, -1), bias.expand(n_img, -1), clamp=False
+                    )
                 out = HeadOutputs(logits, bbox_reg, centerness, head.cls_logits.out_channels)
                 yield out, [(p, i) for i in range(n_img)]
             return

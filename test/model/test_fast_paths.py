@@ -1,0 +1,105 @@
+"""The engine's faster formulations compute the official function: factored fusion attention, the sampled
+deformable convolution, the Swin shift mask. Compared on random inputs against the
+official operation order (the parity tests compare the default path against the official fixture)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import deform_conv2d
+
+from glip_ros.model import build_model
+from glip_ros.model.dyhead import deform_conv2d_sampled
+from glip_ros.model.fusion import BiMultiHeadAttention
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+@pytest.mark.parametrize("t", [5, 16, 40])
+def test_factored_fusion_equals_reference(t):
+    torch.manual_seed(t)
+    m = BiMultiHeadAttention(32, 48, 64, 4)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    v, lang = torch.randn(2, 300, 32), torch.randn(2, t, 48)
+    mask = torch.ones(2, t)
+    mask[1, t // 2 :] = 0
+    with torch.no_grad():
+        ref_v, ref_l = m.forward_reference(v, lang, mask)
+        out_v, out_l = m.forward_factored(v, lang, mask)
+    assert _rel(out_v, ref_v) < 1e-5
+    assert _rel(out_l, ref_l) < 1e-5
+
+
+def test_factored_fusion_gradients_match_reference():
+    """Training runs the factored form too: its gradients are the official ones."""
+    torch.manual_seed(1)
+    m = BiMultiHeadAttention(16, 24, 32, 2)
+    v, lang, mask = torch.randn(1, 50, 16), torch.randn(1, 7, 24), torch.ones(1, 7)
+    grads = []
+    for fn in (m.forward_reference, m.forward_factored):
+        m.zero_grad()
+        a, b = fn(v, lang, mask)
+        (a.square().sum() + b.square().sum()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert _rel(grads[1], grads[0]) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "stride,h,w", [(1, 23, 31), (2, 23, 31), (2, 24, 32), (1, 1, 1), (1, 3, 5), (2, 7, 11)]
+)
+def test_sampled_deform_conv_equals_torchvision(stride, h, w):
+    torch.manual_seed(h * w + stride)
+    x = torch.randn(2, 8, h, w)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    offset = torch.randn(2, 18, ho, wo) * 3
+    offset[0, 0, 0, 0] = -1.0  # exactly one pixel out: zero contribution in both
+    offset[0, 1, 0, 0] = -1.0
+    offset[1, 4:6] = 1e4  # far outside the image
+    mask = torch.rand(2, 9, ho, wo)
+    weight, bias = torch.randn(6, 8, 3, 3), torch.randn(6)
+    ref = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
+    out = deform_conv2d_sampled(x, offset, mask, weight, bias, stride)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) < 1e-5
+
+
+def test_reference_ops_switch_gives_the_same_head_outputs():
+    torch.manual_seed(0)
+    model = build_model("glip_tiny_test")
+    x = torch.randn(1, 3, 96, 128)
+    from glip_ros.prompt import build_prompt
+
+    p = build_prompt("red circle. blue square")
+    with torch.no_grad():
+        text = model.encode_text(p.input_ids, p.attention_mask)
+        feats = model.encode_image(x)
+        fast = model.forward_head(feats, text)
+        model.use_reference_ops(True)
+        try:
+            ref = model.forward_head(feats, text)
+        finally:
+            model.use_reference_ops(False)
+    for a, b in zip(fast.logits + fast.bbox_reg, ref.logits + ref.bbox_reg, strict=True):
+        assert _rel(a, b) < 1e-4
+
+
+def test_swin_shift_mask_matches_the_slice_construction():
+    from glip_ros.model.swin import window_partition
+
+    layer = build_model("glip_tiny_test").backbone.body.layers[0]
+    ws, s = layer.window_size, layer.shift_size
+    for h, w in [(ws, ws), (2 * ws + 3, 3 * ws), (5, 9)]:
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        img = torch.zeros((1, hp, wp, 1))
+        cnt = 0
+        for hs in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
+            for wsl in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
+                img[:, hs, wsl, :] = cnt
+                cnt += 1
+        mw = window_partition(img, ws).view(-1, ws * ws)
+        ref = mw.unsqueeze(1) - mw.unsqueeze(2)
+        ref = ref.masked_fill(ref != 0, -100.0).masked_fill(ref == 0, 0.0)
+        assert torch.equal(layer.shift_mask(h, w, torch.device("cpu")), ref)
