@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .cuda_graphs import GraphCache
 from .model import GLIPModel, build_model, load_checkpoint, read_checkpoint_config
@@ -400,20 +401,32 @@ class GroundingEngine:
         texts = [self.encode_prompt(p) for p in query.prompts]
         if not head.early_fusion:
             # No deep fusion: the visual tower does not depend on the text; run it once per frame and only the
-            # token alignment per chunk. Chunks are post-processed one at a time: batching them measured
-            # slower on CPU (a 12x larger working set) for no fewer operations.
+            # token alignment per chunk, for a group of chunks at once (rows = chunks, one image at a time).
             visual, bbox_reg, centerness = self._graphed("tower", self._visual_tower, feats)
             self.counters["head_forwards"] += 1
-            queries = [v.flatten(2).transpose(1, 2).contiguous() for v in visual]  # once, for every chunk
-            for p, t in zip(query.prompts, texts, strict=True):
-                with self._head_precision():
-                    proj, bias = head.token_projection(t.embedded.to(self.device))
-                    # Unclamped: post-processing only takes sigmoids, which the clamp cannot change.
-                    logits = head.alignment_logits_flat(
-                        queries, proj.expand(n_img, -1, -1), bias.expand(n_img, -1), clamp=False
-                    )
-                out = HeadOutputs(logits, bbox_reg, centerness, head.cls_logits.out_channels)
-                yield out, [(p, i) for i in range(n_img)]
+            # Once for every chunk: [n, H*W, C+1], a column of ones (carries the token bias in the product).
+            queries = [F.pad(v.flatten(2).transpose(1, 2), (0, 1), value=1.0) for v in visual]
+            with self._head_precision():
+                tokens = [head.token_projection(t.embedded.to(self.device)) for t in texts]
+            t_max = max(proj.shape[1] for proj, _ in tokens)
+            # Shorter chunks are padded with zero tokens of bias -1e4: probability 0, so they neither keep a
+            # location alive in the pruning nor are read by any phrase.
+            proj_all = torch.cat([F.pad(proj, (0, 0, 0, t_max - proj.shape[1])) for proj, _ in tokens])
+            bias_all = torch.cat([F.pad(b, (0, t_max - b.shape[1]), value=-1e4) for _, b in tokens])
+            for start in range(0, len(query.prompts), self.max_chunk_batch):
+                group = slice(start, start + self.max_chunk_batch)
+                prompts = query.prompts[group]
+                g = len(prompts)
+                for i in range(n_img):
+                    with self._head_precision():
+                        # Unclamped: post-processing only takes sigmoids, which the clamp cannot change.
+                        logits = head.chunk_alignment_logits(
+                            [q[i] for q in queries], proj_all[group], bias_all[group]
+                        )
+                    reg = [r[i : i + 1].expand(g, -1, -1, -1) for r in bbox_reg]
+                    ctr = [c[i : i + 1].expand(g, -1, -1, -1) for c in centerness]
+                    out = HeadOutputs(logits, reg, ctr, head.cls_logits.out_channels)
+                    yield out, [(p, i) for p in prompts]
             return
         for start in range(0, len(query.prompts), self.max_chunk_batch):
             prompts = query.prompts[start : start + self.max_chunk_batch]

@@ -135,6 +135,22 @@ class VLDyHead(nn.Module):
         logits = [torch.baddbmm(bias, q, scaled) for q in queries]
         return [x.clamp(min=-_CLAMP, max=_CLAMP) for x in logits] if clamp else logits
 
+    def chunk_alignment_logits(
+        self, queries: list[torch.Tensor], proj_tokens: torch.Tensor, token_bias: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """One image, G prompt chunks at once (no early fusion): per level [H*W, C+1] queries (a last column
+        of ones), [G, T, C] tokens and [G, T] biases -> [G, H*W, T] logits (a view of one [H*W, G*T]
+        product), unclamped.
+
+        One product and one post-processing pass per level for all chunks instead of one per chunk: the
+        per-chunk work of a 1,203-phrase query is then mostly arithmetic, not call overhead."""
+        g, t, c = proj_tokens.shape
+        # The bias rides in the product as a row against a column of ones in the queries: adding it to the
+        # [H*W, G*T] output (addmm copies it there first) was one more pass over the largest tensor here.
+        scaled = torch.cat([(proj_tokens / self.log_scale.exp()), token_bias[:, :, None]], dim=2)
+        scaled = scaled.reshape(g * t, c + 1).t()  # [C+1, G*T]
+        return [torch.mm(q, scaled).view(q.shape[0], g, t).transpose(0, 1) for q in queries]
+
     def predict(
         self, visual: list[torch.Tensor], embedding: torch.Tensor, fused_text: torch.Tensor | None = None
     ) -> HeadOutputs:
