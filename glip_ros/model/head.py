@@ -113,34 +113,25 @@ class VLDyHead(nn.Module):
     def alignment_logits(
         self, visual: list[torch.Tensor], proj_tokens: torch.Tensor, token_bias: torch.Tensor
     ) -> list[torch.Tensor]:
-        queries = [v.flatten(2).transpose(1, 2) for v in visual]  # permute_and_flatten, A = 1: [B, HW, C]
-        return self.alignment_logits_flat(queries, proj_tokens, token_bias)
-
-    def alignment_logits_flat(
-        self,
-        queries: list[torch.Tensor],
-        proj_tokens: torch.Tensor,
-        token_bias: torch.Tensor,
-        clamp: bool = True,
-    ) -> list[torch.Tensor]:
-        """Per level [B, H*W, C] visual queries -> [B, H*W, T] logits: q.p / exp(log_scale) + bias, clamped.
+        """Per level [B, H*W, T] logits: q.p / exp(log_scale) + bias, clamped to ±50000 (CLAMP_DOT_PRODUCT).
 
         The scale is applied to the T token vectors rather than to the H*W x T product and the bias is added
-        by the product itself: the same numbers up to float rounding, two passes over the logits fewer (they
-        dominate a many-chunk query without early fusion). ``clamp=False`` skips CLAMP_DOT_PRODUCT's ±50000,
-        which no probability can tell apart (the sigmoid is exactly 0 or 1 beyond ±104 in fp32); it exists for
-        fp16 range, and is kept by default to return the official tensors."""
+        by the product itself: the same numbers up to float rounding, two passes over the logits fewer."""
         scaled = (proj_tokens / self.log_scale.exp()).transpose(-1, -2)  # [B, C, T]
         bias = token_bias.unsqueeze(1)  # [B, 1, T]
-        logits = [torch.baddbmm(bias, q, scaled) for q in queries]
-        return [x.clamp(min=-_CLAMP, max=_CLAMP) for x in logits] if clamp else logits
+        # permute_and_flatten with A = 1: [B, H*W, C]
+        return [
+            torch.baddbmm(bias, v.flatten(2).transpose(1, 2), scaled).clamp(min=-_CLAMP, max=_CLAMP)
+            for v in visual
+        ]
 
     def chunk_alignment_logits(
         self, queries: list[torch.Tensor], proj_tokens: torch.Tensor, token_bias: torch.Tensor
     ) -> list[torch.Tensor]:
         """One image, G prompt chunks at once (no early fusion): per level [H*W, C+1] queries (a last column
         of ones), [G, T, C] tokens and [G, T] biases -> [G, H*W, T] logits (a view of one [H*W, G*T]
-        product), unclamped.
+        product), unclamped: the ±50000 clamp exists for fp16 range and cannot change a probability (the
+        sigmoid is exactly 0 or 1 beyond ±104 in fp32).
 
         One product and one post-processing pass per level for all chunks instead of one per chunk: the
         per-chunk work of a 1,203-phrase query is then mostly arithmetic, not call overhead."""
