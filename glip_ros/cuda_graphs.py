@@ -35,16 +35,22 @@ class _Captured:
 
 
 class GraphCache:
-    """Captures ``fn(*inputs)`` once per (name, input shapes/dtypes) and replays it afterwards.
+    """Captures ``fn(*inputs)`` once per (name, input shapes/dtypes) and replays it afterwards (the first
+    ``capture_after - 1`` calls of a signature run eagerly).
 
     ``fn`` must be a pure function of its tensor inputs (and of module parameters, which a graph reads in
     place, so weight updates are seen), free of host synchronisation and data-dependent shapes.
     """
 
-    def __init__(self, max_graphs: int = 8, warmup_runs: int = 2):
+    def __init__(self, max_graphs: int = 8, warmup_runs: int = 2, capture_after: int = 2):
         self.max_graphs = max(1, int(max_graphs))
         self.warmup_runs = max(1, int(warmup_runs))
+        # A signature is captured on its ``capture_after``-th call: a camera stream repeats its shapes at
+        # once, while a folder of images of assorted sizes (evaluation) then runs eagerly instead of paying
+        # a capture (and a graph's memory) per size.
+        self.capture_after = max(1, int(capture_after))
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._seen: OrderedDict[tuple, int] = OrderedDict()
         self._failed: set[tuple] = set()
         self.counters = {"captures": 0, "replays": 0, "fallbacks": 0}
 
@@ -53,6 +59,7 @@ class GraphCache:
 
     def clear(self) -> None:
         self._graphs.clear()
+        self._seen.clear()
         self._failed.clear()
 
     def __call__(self, name: str, fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Any:
@@ -63,6 +70,12 @@ class GraphCache:
             return fn(*inputs)
         entry = self._graphs.get(key)
         if entry is None:
+            seen = self._seen.pop(key, 0) + 1
+            if seen < self.capture_after:
+                self._seen[key] = seen
+                while len(self._seen) > 256:
+                    self._seen.popitem(last=False)
+                return fn(*inputs)
             try:
                 entry = self._capture(fn, inputs)
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run this signature eagerly
@@ -74,7 +87,8 @@ class GraphCache:
                     type(exc).__name__,
                     exc,
                 )
-                torch.cuda.synchronize()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()  # surface nothing of the failed capture into the eager run
                 return fn(*inputs)
             self._graphs[key] = entry
             self.counters["captures"] += 1

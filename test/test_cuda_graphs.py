@@ -25,6 +25,26 @@ def test_head_precision_is_checked():
         GroundingEngine(build_model("glip_tiny_test"), head_precision="fp8")
 
 
+def test_graph_cache_runs_eagerly_before_capture_and_after_a_failed_one():
+    """Bookkeeping without a GPU: the first calls of a signature run eagerly; a capture that fails (here:
+    CPU tensors) is counted, and that signature stays eager without trying again."""
+    from glip_ros.cuda_graphs import GraphCache
+
+    cache = GraphCache(capture_after=2)
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        return x * 2
+
+    x = torch.ones(3)
+    assert torch.equal(cache("f", fn, (x,)), x * 2)
+    assert cache.counters == {"captures": 0, "replays": 0, "fallbacks": 0}
+    assert torch.equal(cache("f", fn, (x,)), x * 2)  # capture attempt fails on CPU -> eager
+    assert torch.equal(cache("f", fn, (x,)), x * 2)  # remembered as failed: eager, no new attempt
+    assert cache.counters["fallbacks"] == 2 and cache.counters["captures"] == 0 and len(cache) == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("preset", ["glip_tiny_test", "glip_tiny_test_a"])
