@@ -540,11 +540,13 @@ class GlipNode(LifecycleNode):
     # ------------------------------------------------------------------ queries
 
     def _apply_query(
-        self, text: str, phrases: list[str] | None, source: str
+        self, text: str, phrases: list[str] | None, source: str, publish_state: bool = True
     ) -> tuple[bool, str, ActiveQuery]:
         """Parse and encode a query, then make it active. Returns (success, message, active query).
 
         Blocks until the text features are cached; the switch is atomic with respect to result publishing.
+        ``publish_state=False``: the caller publishes ``query_state`` itself (after mirroring the parameter,
+        so a client that reacts to the new state reads the new ``query`` parameter too).
         """
         text = text if isinstance(text, str) else str(text)
         phrases = [str(p) for p in phrases] if phrases else None
@@ -597,7 +599,8 @@ class GlipNode(LifecycleNode):
                 self._next_query_id += 1
             active = self._query
         if not same:
-            self._publish_query_state()
+            if publish_state:
+                self._publish_query_state()
             what = "idle (empty query)" if idle else f"{len(active.phrases)} phrase(s) {active.phrases}"
             self.get_logger().info(f"query {active.query_id} from {source}: {_clip(text)} -> {what}")
         return True, "idle" if idle else "ok", active
@@ -626,18 +629,26 @@ class GlipNode(LifecycleNode):
             self.get_logger().debug(f"query_state not published: {exc}")
 
     def _on_query_msg(self, msg: String) -> None:
-        ok, _, active = self._apply_query(msg.data, None, source="topic")
+        prev = self._query
+        ok, _, active = self._apply_query(msg.data, None, source="topic", publish_state=False)
         if ok:
             self._sync_query_param(active.text if self._engine is not None else msg.data)
+        if active is not prev:
+            self._publish_query_state()
 
     def _on_set_query(self, request: Any, response: Any) -> Any:
-        ok, message, active = self._apply_query(request.query, list(request.phrases), source="service")
+        prev = self._query
+        ok, message, active = self._apply_query(
+            request.query, list(request.phrases), source="service", publish_state=False
+        )
         response.success = ok
         response.message = message
         response.query_id = int(active.query_id)
         response.phrases = [str(p) for p in active.phrases]
         if ok:
             self._sync_query_param(request.query)
+        if active is not prev:
+            self._publish_query_state()
         return response
 
     # ------------------------------------------------------------------ frames
