@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from .postprocess import (
     finalize_sentence,
     head_candidates,
     select_candidates,
+    token_span,
 )
 from .prompt import Prompt, QueryError, build_prompts, get_tokenizer
 
@@ -159,6 +161,9 @@ class GroundingEngine:
         # Wait for the GPU at each stage boundary so ``timings`` are per stage (benchmarks); off by default,
         # since a CUDA stage otherwise returns as soon as its kernels are queued.
         self.sync_stages = False
+        # Without early fusion: find the locations that can reach the score threshold with a bf16 product
+        # and a proven error margin, then compute exact fp32 logits there only (see _AlignmentBound).
+        self.bf16_prune = True
         self.min_size = model.config.min_size if min_size == -1 else min_size
         self.max_size = model.config.max_size if max_size == -1 else max_size
         self.max_chunk_batch = max(1, int(max_chunk_batch))
@@ -179,6 +184,8 @@ class GroundingEngine:
                 "graph_captures",
                 "graph_replays",
                 "graph_fallbacks",
+                "alignment_locations",
+                "alignment_locations_exact",
             )
         }
         self.timings: dict[str, float] = {}
@@ -413,19 +420,31 @@ class GroundingEngine:
             # location alive in the pruning nor are read by any phrase.
             proj_all = torch.cat([F.pad(proj, (0, 0, 0, t_max - proj.shape[1])) for proj, _ in tokens])
             bias_all = torch.cat([F.pad(b, (0, t_max - b.shape[1]), value=-1e4) for _, b in tokens])
+            real = torch.tensor([proj.shape[1] for proj, _ in tokens], device=self.device)
+            thresh = self.model.config.head.pre_nms_thresh
+            bound = _AlignmentBound(queries, thresh) if self.bf16_prune else None
             for start in range(0, len(query.prompts), self.max_chunk_batch):
                 group = slice(start, start + self.max_chunk_batch)
                 prompts = query.prompts[group]
                 g = len(prompts)
+                with self._head_precision():
+                    matrix = head.chunk_token_matrix(proj_all[group], bias_all[group])  # [C+1, G*T]
+                span = token_span([p.phrase_index() for p in prompts])
                 for i in range(n_img):
-                    with self._head_precision():
-                        # Unclamped: post-processing only takes sigmoids, which the clamp cannot change.
-                        logits = head.chunk_alignment_logits(
-                            [q[i] for q in queries], proj_all[group], bias_all[group]
-                        )
+                    if bound is not None:
+                        locations = bound.locations(i, matrix, g, real[group], span)
+                        logits = [
+                            torch.mm(q[i].index_select(0, loc), matrix).view(-1, g, t_max).transpose(0, 1)
+                            for q, loc in zip(queries, locations, strict=True)
+                        ]
+                        self.counters["alignment_locations"] += sum(q.shape[1] for q in queries)
+                        self.counters["alignment_locations_exact"] += sum(int(x.numel()) for x in locations)
+                    else:
+                        locations = None
+                        logits = [torch.mm(q[i], matrix).view(-1, g, t_max).transpose(0, 1) for q in queries]
                     reg = [r[i : i + 1].expand(g, -1, -1, -1) for r in bbox_reg]
                     ctr = [c[i : i + 1].expand(g, -1, -1, -1) for c in centerness]
-                    out = HeadOutputs(logits, reg, ctr, head.cls_logits.out_channels)
+                    out = HeadOutputs(logits, reg, ctr, head.cls_logits.out_channels, locations=locations)
                     yield out, [(p, i) for p in prompts]
             return
         for start in range(0, len(query.prompts), self.max_chunk_batch):
@@ -455,6 +474,47 @@ class GroundingEngine:
         if self.graphs is not None:
             with self._run_lock:
                 self.graphs.clear()
+
+
+class _AlignmentBound:
+    """Which locations can hold a candidate, from a bf16 product with a proven margin (no early fusion).
+
+    The exact pruning in post-processing needs every location's largest token logit, i.e. the whole
+    [H*W, G*T] fp32 product, which is most of a many-chunk query's per-frame cost (on CPU, a K = C+1
+    product runs far below peak in fp32; bf16 runs on the matrix units). In bf16 (unit roundoff u = 2^-8) each
+    input is off by at most u relative and the product's output by u relative, so
+    |bf16(q.p) - q.p| <= (3u + u^2) |q| |p| <= |q| |p| / 64 (Cauchy-Schwarz; fp32 accumulation over C+1
+    terms adds far less). A location is kept when its bf16 peak plus that margin reaches the threshold's
+    logit: a superset of the locations the exact rule keeps, whose fp32 logits are then computed exactly.
+    """
+
+    def __init__(self, queries: list[torch.Tensor], pre_nms_thresh: float):
+        self.queries = [q.bfloat16() for q in queries]
+        self.norms = [q.norm(dim=-1) for q in queries]  # [n, H*W], fp32
+        p = pre_nms_thresh * (1 - 1e-6)  # as the exact rule in post-processing
+        self.logit_min = math.log(p / (1 - p)) if 0 < p < 1 else (-math.inf if p <= 0 else math.inf)
+
+    def locations(
+        self, image: int, matrix: torch.Tensor, groups: int, real: torch.Tensor, span: tuple[int, int]
+    ) -> list[torch.Tensor]:
+        """Per level, indices of the locations of ``image`` that may reach the threshold in any chunk."""
+        t = matrix.shape[1] // groups
+        lo, hi = span[0], min(span[1], t)
+        if hi <= lo or self.logit_min == math.inf:
+            return [torch.zeros(0, dtype=torch.long, device=matrix.device) for _ in self.queries]
+        if self.logit_min == -math.inf:
+            return [torch.arange(q.shape[1], device=matrix.device) for q in self.queries]
+        # Largest token norm of each chunk over its real (unpadded) columns: [G]
+        cols = matrix.t().reshape(groups, t, -1).norm(dim=-1)
+        cols = torch.where(torch.arange(t, device=cols.device)[None, :] < real[:, None], cols, 0.0)
+        p_max = cols.amax(dim=1)
+        mb = matrix.bfloat16()
+        out = []
+        for q, n in zip(self.queries, self.norms, strict=True):
+            peak = torch.mm(q[image], mb).view(-1, groups, t)[:, :, lo:hi].amax(dim=-1).float()  # [HW, G]
+            keep = (peak + n[image][:, None] * p_max[None, :] / 64 >= self.logit_min).any(dim=1)
+            out.append(torch.nonzero(keep).squeeze(1))
+        return out
 
 
 @contextlib.contextmanager

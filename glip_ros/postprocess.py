@@ -62,6 +62,15 @@ class Candidates:
         return int(self.scores.numel())
 
 
+def token_span(indices: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[int, int]:
+    """[lo, hi): the token columns any of these phrase indices (``Prompt.phrase_index()``) use."""
+    real = [i[i < TOKEN_PAD] for i, _ in indices]
+    real = [r for r in real if r.numel()]
+    if not real:
+        return (0, 0)
+    return min(int(r.min()) for r in real), max(int(r.max()) for r in real) + 1
+
+
 def _stack_index(items: Sequence[tuple[torch.Tensor, torch.Tensor]], device) -> tuple:
     """Row-wise phrase indices padded to a common [N, P, kmax]; padded phrases have count 0 (score 0); and
     the span of token columns they use."""
@@ -74,10 +83,8 @@ def _stack_index(items: Sequence[tuple[torch.Tensor, torch.Tensor]], device) -> 
         idx[n, : i.shape[0], : i.shape[1]] = i
         counts[n, : c.shape[0]] = c
         valid[n, : c.shape[0]] = True
-    real = idx[idx < TOKEN_PAD]
     # The token columns any phrase uses lie in [lo, hi): known here, on the host, without a device sync.
-    span = (int(real.min()), int(real.max()) + 1) if real.numel() else (0, 0)
-    return idx.to(device), counts.to(device), valid.to(device), span
+    return idx.to(device), counts.to(device), valid.to(device), token_span(items)
 
 
 def phrase_scores(logits: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -110,21 +117,38 @@ def level_candidates(
     bbox_reg: torch.Tensor,
     centerness: torch.Tensor,
     anchors: torch.Tensor,
-    index: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    index: tuple,
     rows: Sequence[Row],
     box_coder: BoxCoder,
     pre_nms_thresh: float,
     pre_nms_top_n: int,
     keep_token_probs: bool = False,
+    locations: torch.Tensor | None = None,
 ) -> list[Candidates]:
     """One pyramid level for every row at once (``forward_for_single_feature_map``).
 
     Per row: candidates are (location, phrase) pairs whose phrase probability exceeds ``pre_nms_thresh``; the
     best ``pre_nms_top_n`` of them by probability × centerness are kept (official: ``topk`` over the
     candidates). Non-candidates are set to -1 so a top-k over all pairs takes every candidate first.
+    ``locations``: ``logits`` hold only these locations (already pruned by the caller, a superset of those
+    that can hold a candidate); None: every location of the level.
     """
     idx, counts, valid_phrase, (lo, hi) = index
     logits = logits.float()
+    if locations is not None:
+        return _candidates_at(
+            logits,
+            locations,
+            bbox_reg,
+            centerness,
+            anchors,
+            index,
+            rows,
+            box_coder,
+            pre_nms_thresh,
+            pre_nms_top_n,
+            keep_token_probs,
+        )
     n, hw, t = logits.shape
     # Exact pruning: a phrase score is a mean of token probabilities, so a location none of whose used tokens
     # reaches the threshold cannot hold a candidate. Only the other locations are scored (a small fraction
@@ -136,10 +160,40 @@ def level_candidates(
         return [Candidates.empty(logits) for _ in rows]
     peak = logits[:, :, lo:hi].amax(dim=2).sigmoid()  # [N, HW]
     alive = torch.nonzero((peak > pre_nms_thresh * (1 - 1e-6)).any(0)).squeeze(1)  # [A]
-    if alive.numel() < hw:
-        logits_a = logits.index_select(1, alive)
-    else:
-        logits_a = logits
+    logits_a = logits.index_select(1, alive) if alive.numel() < hw else logits
+    return _candidates_at(
+        logits_a,
+        alive,
+        bbox_reg,
+        centerness,
+        anchors,
+        index,
+        rows,
+        box_coder,
+        pre_nms_thresh,
+        pre_nms_top_n,
+        keep_token_probs,
+    )
+
+
+def _candidates_at(
+    logits_a,
+    alive,
+    bbox_reg,
+    centerness,
+    anchors,
+    index,
+    rows,
+    box_coder,
+    pre_nms_thresh,
+    pre_nms_top_n,
+    keep_token_probs,
+) -> list[Candidates]:
+    """``level_candidates`` once the locations that may hold a candidate are known (logits_a [N, A, T])."""
+    idx, counts, valid_phrase, _ = index
+    n = logits_a.shape[0]
+    if alive.numel() == 0:
+        return [Candidates.empty(logits_a) for _ in rows]
     scores = phrase_scores(logits_a, idx, counts)  # [N, A, P]
     reg = bbox_reg.float().flatten(2).transpose(1, 2).index_select(1, alive)  # [N, A, 4]
     ctr = centerness.float().flatten(1).sigmoid().index_select(1, alive)  # [N, A]
@@ -149,7 +203,7 @@ def level_candidates(
     weighted = torch.where(cand, scores * ctr[:, :, None], torch.full_like(scores, -1.0)).view(n, -1)
     k = min(pre_nms_top_n, weighted.shape[1])
     if k == 0:
-        return [Candidates.empty(logits) for _ in rows]
+        return [Candidates.empty(logits_a) for _ in rows]
     vals, top = weighted.topk(k, dim=1, sorted=False)
     is_cand = cand.view(n, -1).gather(1, top)
     loc, cls = top // p, top % p
@@ -193,6 +247,7 @@ def head_candidates(
             pre_nms_thresh,
             pre_nms_top_n,
             keep_token_probs,
+            None if out.locations is None else out.locations[lv],
         )
         for lv in range(len(out.logits))
     ]

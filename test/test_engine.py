@@ -103,3 +103,26 @@ def test_fp32_vs_bf16_on_the_parity_fixture(reduced_model, fixture_image):
         ious = box_iou(torch.tensor([d.box_xyxy]), bf_boxes[same])[0]
         ok = [(float(ious[j]), abs(dbf[i].score - d.score)) for j, i in enumerate(same)]
         assert any(iou >= 0.9 and ds <= 0.05 for iou, ds in ok), (d, max(ok))
+
+
+def test_bf16_location_bound_is_exact_without_early_fusion():
+    """The bf16 product with a proven margin only decides where exact fp32 logits are computed: detections
+    are identical with it on or off, and it does skip locations (here: some, not all)."""
+    from glip_ros.bench import lvis_sized_phrases
+
+    torch.manual_seed(0)
+    cfg = build_model("glip_tiny_test_a").config
+    cfg.head.pre_nms_thresh = 0.3
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.rpn.head.bias0.fill_(-1.0)  # token probabilities spread around the threshold
+    eng = GroundingEngine(model, min_size=None, max_size=None)
+    q = eng.prepare_query(lvis_sized_phrases(300))
+    assert q.num_chunks > 1
+    pruned = eng.detect(FRAMES[:2], q, score_threshold=0.0)
+    total, exact = eng.counters["alignment_locations"], eng.counters["alignment_locations_exact"]
+    assert 0 < exact < total
+    eng.bf16_prune = False
+    full = eng.detect(FRAMES[:2], q, score_threshold=0.0)
+    for a, b in zip(pruned, full, strict=True):
+        assert a and _key(a) == _key(b)

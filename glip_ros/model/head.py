@@ -31,6 +31,8 @@ class HeadOutputs:
     centerness: list[torch.Tensor]  # per level [B, 1, H, W]
     cls_width: int  # width of the unused cls_logits conv: the official score tensor's width
     fused_text: torch.Tensor | None = None  # [B, T, D] text after the last fusion/BERT layer
+    # per level [A] indices of the locations ``logits`` hold ([B, A, T]); None: every location (H*W)
+    locations: list[torch.Tensor] | None = None
 
 
 class Scale(nn.Module):
@@ -125,22 +127,18 @@ class VLDyHead(nn.Module):
             for v in visual
         ]
 
-    def chunk_alignment_logits(
-        self, queries: list[torch.Tensor], proj_tokens: torch.Tensor, token_bias: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """One image, G prompt chunks at once (no early fusion): per level [H*W, C+1] queries (a last column
-        of ones), [G, T, C] tokens and [G, T] biases -> [G, H*W, T] logits (a view of one [H*W, G*T]
-        product), unclamped: the ±50000 clamp exists for fp16 range and cannot change a probability (the
-        sigmoid is exactly 0 or 1 beyond ±104 in fp32).
+    def chunk_token_matrix(self, proj_tokens: torch.Tensor, token_bias: torch.Tensor) -> torch.Tensor:
+        """G prompt chunks' [G, T, C] tokens and [G, T] biases -> [C+1, G*T]: for visual queries with a last
+        column of ones, ``queries @ matrix`` are the G chunks' alignment logits side by side, unclamped
+        (no early fusion: one product scores every chunk of a group).
 
-        One product and one post-processing pass per level for all chunks instead of one per chunk: the
-        per-chunk work of a 1,203-phrase query is then mostly arithmetic, not call overhead."""
+        The scale is applied to the tokens and the bias rides in the product: adding it to the [H*W, G*T]
+        output (addmm copies it there first) was one more pass over the largest tensor here. The ±50000
+        clamp exists for fp16 range and cannot change a probability (the sigmoid is exactly 0 or 1 beyond
+        ±104 in fp32), so it is left out."""
         g, t, c = proj_tokens.shape
-        # The bias rides in the product as a row against a column of ones in the queries: adding it to the
-        # [H*W, G*T] output (addmm copies it there first) was one more pass over the largest tensor here.
-        scaled = torch.cat([(proj_tokens / self.log_scale.exp()), token_bias[:, :, None]], dim=2)
-        scaled = scaled.reshape(g * t, c + 1).t()  # [C+1, G*T]
-        return [torch.mm(q, scaled).view(q.shape[0], g, t).transpose(0, 1) for q in queries]
+        scaled = torch.cat([proj_tokens / self.log_scale.exp(), token_bias[:, :, None]], dim=2)
+        return scaled.reshape(g * t, c + 1).t()
 
     def predict(
         self, visual: list[torch.Tensor], embedding: torch.Tensor, fused_text: torch.Tensor | None = None
