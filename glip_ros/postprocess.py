@@ -136,61 +136,20 @@ def level_candidates(
     idx, counts, valid_phrase, (lo, hi) = index
     logits = logits.float()
     if locations is not None:
-        return _candidates_at(
-            logits,
-            locations,
-            bbox_reg,
-            centerness,
-            anchors,
-            index,
-            rows,
-            box_coder,
-            pre_nms_thresh,
-            pre_nms_top_n,
-            keep_token_probs,
-        )
-    n, hw, t = logits.shape
-    # Exact pruning: a phrase score is a mean of token probabilities, so a location none of whose used tokens
-    # reaches the threshold cannot hold a candidate. Only the other locations are scored (a small fraction
-    # with trained weights; the margin keeps float rounding of the mean on the safe side). The max runs over
-    # the span of used columns (a superset: separators included), a view, one pass: 13x cheaper on CPU
-    # than gathering the used columns, and it prunes no location the exact set would keep.
-    hi = min(hi, t)
-    if hi <= lo:
-        return [Candidates.empty(logits) for _ in rows]
-    peak = logits[:, :, lo:hi].amax(dim=2).sigmoid()  # [N, HW]
-    alive = torch.nonzero((peak > pre_nms_thresh * (1 - 1e-6)).any(0)).squeeze(1)  # [A]
-    logits_a = logits.index_select(1, alive) if alive.numel() < hw else logits
-    return _candidates_at(
-        logits_a,
-        alive,
-        bbox_reg,
-        centerness,
-        anchors,
-        index,
-        rows,
-        box_coder,
-        pre_nms_thresh,
-        pre_nms_top_n,
-        keep_token_probs,
-    )
-
-
-def _candidates_at(
-    logits_a,
-    alive,
-    bbox_reg,
-    centerness,
-    anchors,
-    index,
-    rows,
-    box_coder,
-    pre_nms_thresh,
-    pre_nms_top_n,
-    keep_token_probs,
-) -> list[Candidates]:
-    """``level_candidates`` once the locations that may hold a candidate are known (logits_a [N, A, T])."""
-    idx, counts, valid_phrase, _ = index
+        alive, logits_a = locations, logits
+    else:
+        hw, t = logits.shape[1:]
+        # Exact pruning: a phrase score is a mean of token probabilities, so a location none of whose used
+        # tokens reaches the threshold cannot hold a candidate. Only the other locations are scored (a small
+        # fraction with trained weights; the margin keeps float rounding of the mean on the safe side). The
+        # max runs over the span of used columns (a superset: separators included), a view, one pass: 13x
+        # cheaper on CPU than gathering the used columns, and it prunes no location the exact set would keep.
+        hi = min(hi, t)
+        if hi <= lo:
+            return [Candidates.empty(logits) for _ in rows]
+        peak = logits[:, :, lo:hi].amax(dim=2).sigmoid()  # [N, HW]
+        alive = torch.nonzero((peak > pre_nms_thresh * (1 - 1e-6)).any(0)).squeeze(1)  # [A]
+        logits_a = logits.index_select(1, alive) if alive.numel() < hw else logits
     n = logits_a.shape[0]
     if alive.numel() == 0:
         return [Candidates.empty(logits_a) for _ in rows]
