@@ -62,8 +62,8 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[
             {
                 "rate": ParameterValue(LaunchConfiguration("rate"), value_type=float),
-                "width": 640,
-                "height": 480,
+                "width": 320,  # as glip-demo: the embedded model runs at 256 px; smaller frames over DDS
+                "height": 240,
                 "frame_id": "camera",
                 "use_sim_time": use_sim_time,
             }

@@ -124,7 +124,9 @@ def _run(multi: Any, seconds: float) -> None:
         q = max(1, len(lat) // 4)
         first, last = float(np.median(lat[:q])), float(np.median(lat[-q:]))
         print(f"[multicamera] {c}: latency median first quarter {first:.0f} ms, last quarter {last:.0f} ms")
-        assert last < 2.0 * first + 100, (first, last)
+        # A backlog (no latest-frame-wins) grows by seconds over the window; transport jitter on a loaded
+        # 2-core machine moved the last quarter's median by ~260 ms once, so the slack is 500 ms.
+        assert last < 2.0 * first + 500, (first, last)
 
     growth = (rss[-1] - rss[0]) / 2**20
     print(f"[multicamera] node RSS {rss[0] / 2**20:.0f} -> {rss[-1] / 2**20:.0f} MiB")
