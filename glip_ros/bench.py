@@ -103,12 +103,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     torch.manual_seed(0)
     device = torch.device(args.device)
     h, w = (int(x) for x in args.size.lower().split("x"))
-    model = build_model(args.preset)
     if args.checkpoint:  # trained weights: realistic score sparsity in post-processing
         from .model import load_checkpoint, read_checkpoint_config
 
         model = build_model(read_checkpoint_config(args.checkpoint) or args.preset)
         load_checkpoint(model, args.checkpoint)
+    else:
+        model = build_model(args.preset)
     eng = GroundingEngine(
         model,
         device=args.device,

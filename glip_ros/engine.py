@@ -34,6 +34,7 @@ from .postprocess import (
     finalize_sentence,
     head_candidates,
     select_candidates,
+    stack_index,
     token_span,
 )
 from .prompt import Prompt, QueryError, build_prompts, get_tokenizer
@@ -94,6 +95,9 @@ class PreparedQuery:
     phrases: list[str]
     spans: list[list[tuple[int, int]]]
     prompts: list[Prompt] = field(repr=False)
+    # What the engine derives from the prompts alone (stacked text and phrase indices, token matrices):
+    # built on the first frame of the query, reused by every later one. Keyed by what it depends on.
+    plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def caption(self) -> str:
@@ -259,8 +263,7 @@ class GroundingEngine:
         ids, mask = prompt.input_ids, prompt.attention_mask
         if self.text_padding == "tight":
             # Padding tokens are masked everywhere (BERT keys, fusion text softmax, the score's token
-            # mean), so
-            # cutting them changes nothing for the real tokens but the cost of every fusion layer.
+            # mean), so cutting them changes nothing for the real tokens but the cost of every fusion layer.
             n = min(ids.shape[1], -(-prompt.num_tokens // 8) * 8)
             ids, mask = ids[:, :n], mask[:, :n]
         with torch.inference_mode():
@@ -378,7 +381,7 @@ class GroundingEngine:
             t2 = time.perf_counter()
             per_image: list[list[Candidates]] = [[] for _ in images]
             sentence = query.prompts[0].sentence
-            for out, rows in self._head_outputs(feats, query):
+            for out, rows, index in self._head_outputs(feats, query):
                 sel = head_candidates(
                     out,
                     anchors,
@@ -387,6 +390,7 @@ class GroundingEngine:
                     cfg.pre_nms_thresh,
                     cfg.pre_nms_top_n,
                     keep_token_probs=sentence,
+                    index=index,
                 )
                 for (_, i), c in zip(rows, sel, strict=True):
                     per_image[i].append(c)
@@ -401,11 +405,12 @@ class GroundingEngine:
 
     def _head_outputs(
         self, feats: list[torch.Tensor], query: PreparedQuery
-    ) -> Iterator[tuple[HeadOutputs, list[tuple[Prompt, int]]]]:
-        """Yields head outputs whose batch rows are (prompt chunk, image index) pairs, chunk-major."""
+    ) -> Iterator[tuple[HeadOutputs, list[tuple[Prompt, int]], tuple]]:
+        """Yields head outputs whose batch rows are (prompt chunk, image index) pairs, and the rows' stacked
+        phrase index (post-processing)."""
         head = self.model.rpn.head
         n_img = feats[0].shape[0]
-        texts = [self.encode_prompt(p) for p in query.prompts]
+        groups = range(0, len(query.prompts), self.max_chunk_batch)
         if not head.early_fusion:
             # No deep fusion: the visual tower does not depend on the text; run it once per frame and only the
             # token alignment per chunk, for a group of chunks at once (rows = chunks, one image at a time).
@@ -413,50 +418,85 @@ class GroundingEngine:
             self.counters["head_forwards"] += 1
             # Once for every chunk: [n, H*W, C+1], a column of ones (carries the token bias in the product).
             queries = [F.pad(v.flatten(2).transpose(1, 2), (0, 1), value=1.0) for v in visual]
-            with self._head_precision():
-                tokens = [head.token_projection(t.embedded.to(self.device)) for t in texts]
-            t_max = max(proj.shape[1] for proj, _ in tokens)
-            # Shorter chunks are padded with zero tokens of bias -1e4: probability 0, so they neither keep a
-            # location alive in the pruning nor are read by any phrase.
-            proj_all = torch.cat([F.pad(proj, (0, 0, 0, t_max - proj.shape[1])) for proj, _ in tokens])
-            bias_all = torch.cat([F.pad(b, (0, t_max - b.shape[1]), value=-1e4) for _, b in tokens])
-            real = torch.tensor([proj.shape[1] for proj, _ in tokens], device=self.device)
-            thresh = self.model.config.head.pre_nms_thresh
-            bound = _AlignmentBound(queries, thresh) if self.bf16_prune else None
-            for start in range(0, len(query.prompts), self.max_chunk_batch):
-                group = slice(start, start + self.max_chunk_batch)
-                prompts = query.prompts[group]
-                g = len(prompts)
-                with self._head_precision():
-                    matrix = head.chunk_token_matrix(proj_all[group], bias_all[group])  # [C+1, G*T]
-                span = token_span([p.phrase_index() for p in prompts])
+            bound = (
+                _AlignmentBound(queries, self.model.config.head.pre_nms_thresh) if self.bf16_prune else None
+            )
+            for start in groups:
+                grp = self._alignment_group(query, start)
+                g = len(grp.prompts)
                 for i in range(n_img):
                     if bound is not None:
-                        locations = bound.locations(i, matrix, g, real[group], span)
+                        locations = bound.locations(i, grp)
                         logits = [
-                            torch.mm(q[i].index_select(0, loc), matrix).view(-1, g, t_max).transpose(0, 1)
+                            torch.mm(q[i].index_select(0, loc), grp.matrix).view(-1, g, grp.t).transpose(0, 1)
                             for q, loc in zip(queries, locations, strict=True)
                         ]
                         self.counters["alignment_locations"] += sum(q.shape[1] for q in queries)
                         self.counters["alignment_locations_exact"] += sum(int(x.numel()) for x in locations)
                     else:
                         locations = None
-                        logits = [torch.mm(q[i], matrix).view(-1, g, t_max).transpose(0, 1) for q in queries]
+                        logits = [
+                            torch.mm(q[i], grp.matrix).view(-1, g, grp.t).transpose(0, 1) for q in queries
+                        ]
                     reg = [r[i : i + 1].expand(g, -1, -1, -1) for r in bbox_reg]
                     ctr = [c[i : i + 1].expand(g, -1, -1, -1) for c in centerness]
                     out = HeadOutputs(logits, reg, ctr, head.cls_logits.out_channels, locations=locations)
-                    yield out, [(p, i) for p in prompts]
+                    yield out, [(p, i) for p in grp.prompts], grp.index
             return
-        for start in range(0, len(query.prompts), self.max_chunk_batch):
+        for start in groups:
             prompts = query.prompts[start : start + self.max_chunk_batch]
-            chunk_texts = texts[start : start + self.max_chunk_batch]
-            if len(prompts) == 1:
-                text = chunk_texts[0].repeat(n_img) if n_img > 1 else chunk_texts[0]
-            else:
-                text = _stack_texts(chunk_texts, n_img)
+            text, index = self._fused_inputs(query, start, n_img)
             out = self._graphed("head", self._fused_head, (*feats, text.hidden, text.embedded, text.masks))
             self.counters["head_forwards"] += 1
-            yield out, [(p, i) for p in prompts for i in range(n_img)]
+            yield out, [(p, i) for p in prompts for i in range(n_img)], index
+
+    def _fused_inputs(self, query: PreparedQuery, start: int, n_img: int) -> tuple[TextFeatures, tuple]:
+        """A chunk group's text for the fused head (chunk-major rows: chunk * n_img + image) and its rows'
+        stacked phrase index; built on the query's first frame and kept with the query."""
+        key = ("fused", start, self.max_chunk_batch, n_img)
+        if key in query.plans:
+            return query.plans[key]
+        prompts = query.prompts[start : start + self.max_chunk_batch]
+        texts = [self.encode_prompt(p) for p in prompts]
+        if len(texts) == 1:
+            text = texts[0].repeat(n_img) if n_img > 1 else texts[0]
+        else:
+            text = _stack_texts(texts, n_img)
+        index = stack_index([p.phrase_index() for p in prompts for _ in range(n_img)], self.device)
+        query.plans[key] = text, index
+        return text, index
+
+    def _alignment_group(self, query: PreparedQuery, start: int) -> _AlignmentGroup:
+        """The text side of a chunk group's alignment without early fusion (see _AlignmentGroup); built on the
+        query's first frame and kept with the query."""
+        key = ("align", start, self.max_chunk_batch)
+        if key in query.plans:
+            return query.plans[key]
+        head = self.model.rpn.head
+        prompts = query.prompts[start : start + self.max_chunk_batch]
+        with self._head_precision():
+            tokens = [head.token_projection(self.encode_prompt(p).embedded.to(self.device)) for p in prompts]
+            t = max(proj.shape[1] for proj, _ in tokens)
+            # Shorter chunks are padded with zero tokens of bias -1e4: probability 0, so they neither keep a
+            # location alive in the pruning nor are read by any phrase.
+            proj = torch.cat([F.pad(pr, (0, 0, 0, t - pr.shape[1])) for pr, _ in tokens])
+            bias = torch.cat([F.pad(b, (0, t - b.shape[1]), value=-1e4) for _, b in tokens])
+            matrix = head.chunk_token_matrix(proj, bias)  # [C+1, G*T]
+        # Largest column norm of each chunk over its real (unpadded) tokens, for the bf16 bound's margin.
+        norms = matrix.t().reshape(len(prompts), t, -1).norm(dim=-1)
+        real = torch.tensor([pr.shape[1] for pr, _ in tokens], device=norms.device)
+        norms = torch.where(torch.arange(t, device=norms.device)[None, :] < real[:, None], norms, 0.0)
+        indices = [p.phrase_index() for p in prompts]
+        query.plans[key] = _AlignmentGroup(
+            prompts,
+            t,
+            matrix,
+            matrix.bfloat16(),
+            norms.amax(dim=1),
+            token_span(indices),
+            stack_index(indices, self.device),
+        )
+        return query.plans[key]
 
     # -- misc ------------------------------------------------------------------------------------------------
     def warmup(self, size: tuple[int, int] = (480, 640)) -> None:
@@ -474,6 +514,19 @@ class GroundingEngine:
         if self.graphs is not None:
             with self._run_lock:
                 self.graphs.clear()
+
+
+@dataclass
+class _AlignmentGroup:
+    """The text side of a group of prompt chunks without early fusion, built once per query."""
+
+    prompts: list[Prompt]
+    t: int  # token columns per chunk (the group's longest chunk)
+    matrix: torch.Tensor  # [C+1, G*T] fp32: visual queries (with a column of ones) @ matrix = logits
+    matrix_bf16: torch.Tensor  # the same in bf16, for the location bound
+    col_norm: torch.Tensor  # [G] largest column norm of each chunk's real tokens
+    span: tuple[int, int]  # token columns any phrase uses
+    index: tuple  # postprocess.stack_index of the chunks' phrase indices
 
 
 class _AlignmentBound:
@@ -494,25 +547,19 @@ class _AlignmentBound:
         p = pre_nms_thresh * (1 - 1e-6)  # as the exact rule in post-processing
         self.logit_min = math.log(p / (1 - p)) if 0 < p < 1 else (-math.inf if p <= 0 else math.inf)
 
-    def locations(
-        self, image: int, matrix: torch.Tensor, groups: int, real: torch.Tensor, span: tuple[int, int]
-    ) -> list[torch.Tensor]:
+    def locations(self, image: int, group: _AlignmentGroup) -> list[torch.Tensor]:
         """Per level, indices of the locations of ``image`` that may reach the threshold in any chunk."""
-        t = matrix.shape[1] // groups
-        lo, hi = span[0], min(span[1], t)
+        g, t = len(group.prompts), group.t
+        lo, hi = group.span[0], min(group.span[1], t)
+        dev = group.matrix.device
         if hi <= lo or self.logit_min == math.inf:
-            return [torch.zeros(0, dtype=torch.long, device=matrix.device) for _ in self.queries]
+            return [torch.zeros(0, dtype=torch.long, device=dev) for _ in self.queries]
         if self.logit_min == -math.inf:
-            return [torch.arange(q.shape[1], device=matrix.device) for q in self.queries]
-        # Largest token norm of each chunk over its real (unpadded) columns: [G]
-        cols = matrix.t().reshape(groups, t, -1).norm(dim=-1)
-        cols = torch.where(torch.arange(t, device=cols.device)[None, :] < real[:, None], cols, 0.0)
-        p_max = cols.amax(dim=1)
-        mb = matrix.bfloat16()
+            return [torch.arange(q.shape[1], device=dev) for q in self.queries]
         out = []
         for q, n in zip(self.queries, self.norms, strict=True):
-            peak = torch.mm(q[image], mb).view(-1, groups, t)[:, :, lo:hi].amax(dim=-1).float()  # [HW, G]
-            keep = (peak + n[image][:, None] * p_max[None, :] / 64 >= self.logit_min).any(dim=1)
+            peak = torch.mm(q[image], group.matrix_bf16).view(-1, g, t)[:, :, lo:hi].amax(dim=-1).float()
+            keep = (peak + n[image][:, None] * group.col_norm[None, :] / 64 >= self.logit_min).any(dim=1)
             out.append(torch.nonzero(keep).squeeze(1))
         return out
 

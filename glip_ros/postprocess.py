@@ -71,9 +71,9 @@ def token_span(indices: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[in
     return min(int(r.min()) for r in real), max(int(r.max()) for r in real) + 1
 
 
-def _stack_index(items: Sequence[tuple[torch.Tensor, torch.Tensor]], device) -> tuple:
+def stack_index(items: Sequence[tuple[torch.Tensor, torch.Tensor]], device) -> tuple:
     """Row-wise phrase indices padded to a common [N, P, kmax]; padded phrases have count 0 (score 0); and
-    the span of token columns they use."""
+    the span of token columns they use. Depends on the prompts only: the engine keeps it with the query."""
     p_max = max(i.shape[0] for i, _ in items)
     k_max = max(i.shape[1] for i, _ in items)
     idx = torch.full((len(items), p_max, k_max), TOKEN_PAD, dtype=torch.long)
@@ -191,9 +191,12 @@ def head_candidates(
     pre_nms_thresh: float,
     pre_nms_top_n: int,
     keep_token_probs: bool = False,
+    index: tuple | None = None,
 ) -> list[Candidates]:
-    """All levels of a head output whose batch rows are ``rows``; per row, levels concatenated in order."""
-    index = _stack_index([r.index for r in rows], out.logits[0].device)
+    """All levels of a head output whose batch rows are ``rows``; per row, levels concatenated in order.
+    ``index``: :func:`stack_index` of the rows' phrase indices, when the caller keeps it (else built here)."""
+    if index is None:
+        index = stack_index([r.index for r in rows], out.logits[0].device)
     per_level = [
         level_candidates(
             out.logits[lv],

@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=320, help="camera width (default 320)")
     ap.add_argument("--height", type=int, default=240, help="camera height (default 240)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    ap.add_argument("--min-size", type=int, default=None, help="model input shorter side (node default 800)")
+    ap.add_argument(
+        "--min-size", type=int, default=None, help="model input shorter side (default: the checkpoint's own)"
+    )
     ap.add_argument("--score-threshold", type=float, default=0.5)
     ap.add_argument("--wait-timeout", type=float, default=180.0, help="seconds to wait for the model to load")
     ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for the graph (default: env)")
