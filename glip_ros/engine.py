@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .compiling import CompiledModules
 from .cuda_graphs import GraphCache
 from .model import GLIPModel, build_model, load_checkpoint, read_checkpoint_config
 from .model.head import HeadOutputs
@@ -139,6 +140,7 @@ class GroundingEngine:
         head_precision: str = "fp32",
         text_padding: str = "tight",
         cuda_graphs: bool = True,
+        compile: str = "off",
     ):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -162,6 +164,8 @@ class GroundingEngine:
         # CUDA graphs replay the backbone and the head per input shape (see cuda_graphs.py); CUDA only.
         self.graphs = GraphCache() if cuda_graphs and self.device.type == "cuda" else None
         self._run_lock = threading.Lock()  # graph replays reuse static buffers: one forward at a time
+        # torch.compile of the tower layers ("head") and the backbone ("all"); see compiling.py.
+        self.compiled = CompiledModules(self.model, compile)
         # Wait for the GPU at each stage boundary so ``timings`` are per stage (benchmarks); off by default,
         # since a CUDA stage otherwise returns as soon as its kernels are queued.
         self.sync_stages = False
@@ -188,6 +192,7 @@ class GroundingEngine:
                 "graph_captures",
                 "graph_replays",
                 "graph_fallbacks",
+                "compile_fallbacks",
                 "alignment_locations",
                 "alignment_locations_exact",
             )
@@ -291,6 +296,20 @@ class GroundingEngine:
         return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=False)
 
     def _graphed(self, name: str, fn, inputs: Sequence[torch.Tensor]):
+        """Runs a per-frame stage: replayed as a CUDA graph when on, compiled when asked; a failure of the
+        compiled code puts the model back to eager (counted) and runs the stage again."""
+        try:
+            return self._run_stage(name, fn, inputs)
+        except Exception as exc:
+            if not self.compiled.active:
+                raise
+            self.compiled.revert(exc)
+            self.counters["compile_fallbacks"] += 1
+            if self.graphs is not None:
+                self.graphs.clear()  # captures and capture failures of the compiled code are void
+            return self._run_stage(name, fn, inputs)
+
+    def _run_stage(self, name: str, fn, inputs: Sequence[torch.Tensor]):
         if self.graphs is None:
             return fn(*inputs)
         out = self.graphs(name, fn, inputs)
