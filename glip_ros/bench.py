@@ -68,16 +68,59 @@ def _flops(fn: Callable[[], None]) -> float:
     return float(fc.get_total_flops())
 
 
+# Operators that only make views, read metadata or (as innermost operators) return their input: no kernel.
+_NO_KERNEL = frozenset(
+    "aten::" + n
+    for n in (
+        "view as_strided reshape _reshape_alias _unsafe_view permute transpose t expand expand_as unsqueeze "
+        "squeeze slice select narrow split split_with_sizes unbind chunk flatten unflatten alias detach "
+        "empty empty_strided empty_like lift_fresh resolve_conj resolve_neg view_as size stride dim "
+        "result_type is_nonzero to contiguous resize_ as_strided_ _nnpack_available"
+    ).split()
+)
+
+
+def _count_ops(fn: Callable[[], None]) -> int:
+    """Innermost ATen operators of one call that do work (views and metadata left out): on a GPU, about
+    the number of kernels, which bounds a CUDA-graph replay from below (a few microseconds each)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(
+        1
+        for e in prof.events()
+        if e.name.startswith("aten::")
+        and e.name not in _NO_KERNEL
+        and not any(c.name.startswith("aten::") for c in e.cpu_children)
+    )
+
+
 def _copy(c):
     from .postprocess import Candidates
 
     return Candidates(c.boxes.clone(), c.scores.clone(), c.labels.clone())
 
 
+def _as_candidates(x):
+    from .postprocess import Candidates
+
+    if isinstance(x, Candidates):
+        return x
+    return Candidates(  # a list of Detection: boxes in original pixels, labels = phrase indices
+        torch.tensor([d.box_xyxy for d in x], dtype=torch.float32).reshape(-1, 4),
+        torch.tensor([d.score for d in x], dtype=torch.float32),
+        torch.tensor([d.phrase_index for d in x], dtype=torch.long),
+    )
+
+
 def compare_top(ref, other, k: int = 20) -> dict[str, float]:
     """How many of ``ref``'s top-k candidates ``other`` reproduces (same phrase, IoU >= 0.9, |score diff|
-    <= 0.05: the issue's fp32-vs-bf16 criterion), and the largest score difference among the matched."""
+    <= 0.05: the issue's fp32-vs-bf16 criterion), and the largest score difference among the matched.
+    Takes ``Candidates`` or lists of ``Detection``."""
     from torchvision.ops import box_iou
+
+    ref, other = _as_candidates(ref), _as_candidates(other)
 
     order = torch.argsort(ref.scores, descending=True)[:k]
     matched, worst = 0, 0.0
@@ -234,6 +277,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         res["official"] = {"end_to_end": _stats(off), "prompts_per_frame": len(official_prompts)}
         res["official"]["frames_per_s"] = args.cameras / (res["official"]["end_to_end"]["median_ms"] / 1000)
         res["speedup"] = res["official"]["end_to_end"]["median_ms"] / res["cached"]["end_to_end"]["median_ms"]
+    if args.count_ops:
+        graphs, eng.graphs = eng.graphs, None  # a graph replay hides its kernels from the profiler
+        try:
+            res["cached"]["ops_per_call"] = _count_ops(cached_once)
+        finally:
+            eng.graphs = graphs
     if args.profile:  # where one cached call spends its time, by kernel/operator (self time)
         from torch.profiler import ProfilerActivity, profile
 
@@ -339,6 +388,10 @@ def table(res: dict[str, object]) -> str:
             lines.append(
                 f"{key}: {m['matched']}/{m['top']} matched, max score diff {m['max_score_diff']:.2g}"
             )
+    if "ops_per_call" in c:
+        lines.append(
+            f"operators per cached call (views left out; about the GPU kernel count): {c['ops_per_call']}"
+        )
     if res.get("compile", "off") != "off":
         first = ", ".join(f"{t:.0f}" for t in c["first_calls_ms"])
         lines.append(
@@ -387,6 +440,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--flops", action="store_true")
+    ap.add_argument(
+        "--count-ops", action="store_true", help="count the operators (about: kernels) of one cached call"
+    )
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N most costly operators")
     ap.add_argument("--json", help="also write the raw results to this file")
     args = ap.parse_args(argv)

@@ -13,7 +13,6 @@ import torch
 from glip_ros.bench import compare_top
 from glip_ros.engine import GroundingEngine
 from glip_ros.model import build_model
-from glip_ros.postprocess import Candidates
 
 FRAMES = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), dtype=np.uint8) for i in range(2)]
 
@@ -25,19 +24,11 @@ def _model(preset: str = "glip_tiny_test"):
     return build_model(cfg)
 
 
-def _candidates(dets) -> Candidates:
-    return Candidates(
-        torch.tensor([d.box_xyxy for d in dets]),
-        torch.tensor([d.score for d in dets]),
-        torch.tensor([d.phrase_index for d in dets]),
-    )
-
-
 def _assert_same(got, want, atol):
     """Each of the eager top-20 detections is reproduced (same phrase, IoU >= 0.9, score within atol)."""
     for g, w in zip(got, want, strict=True):
         assert g and w
-        m = compare_top(_candidates(w), _candidates(g), k=20)
+        m = compare_top(w, g, k=20)
         assert m["matched"] == m["top"] and m["max_score_diff"] <= atol, m
 
 

@@ -90,19 +90,15 @@ def test_chunked_and_unchunked_agree_when_the_query_fits(engine):
 
 def test_fp32_vs_bf16_on_the_parity_fixture(reduced_model, fixture_image):
     """Top-20 detections of fp32 and bf16 match (IoU >= 0.9, |score diff| <= 0.05)."""
-    from torchvision.ops import box_iou
+    from glip_ros.bench import compare_top
 
     q_text = "red circle. blue square. green triangle."
     e32 = GroundingEngine(reduced_model, precision="fp32", min_size=None)
     ebf = GroundingEngine(reduced_model, precision="bf16", min_size=None)
-    d32 = e32.detect([fixture_image], e32.prepare_query(q_text), score_threshold=0.0)[0][:20]
+    d32 = e32.detect([fixture_image], e32.prepare_query(q_text), score_threshold=0.0)[0]
     dbf = ebf.detect([fixture_image], ebf.prepare_query(q_text), score_threshold=0.0)[0]
-    bf_boxes = torch.tensor([d.box_xyxy for d in dbf])
-    for d in d32:
-        same = [i for i, x in enumerate(dbf) if x.phrase_index == d.phrase_index]
-        ious = box_iou(torch.tensor([d.box_xyxy]), bf_boxes[same])[0]
-        ok = [(float(ious[j]), abs(dbf[i].score - d.score)) for j, i in enumerate(same)]
-        assert any(iou >= 0.9 and ds <= 0.05 for iou, ds in ok), (d, max(ok))
+    m = compare_top(d32, dbf, k=20)
+    assert m["top"] == 20 and m["matched"] == 20, m
 
 
 def test_bf16_location_bound_is_exact_without_early_fusion():

@@ -83,31 +83,61 @@ def deform_conv2d_sampled(
     """
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]
-    taps = weight.shape[-1]
-    ntap = taps * weight.shape[-2]
-    dev = x.device
-    k = torch.arange(ntap, device=dev)
-    ky = torch.div(k, taps, rounding_mode="floor").float().view(1, ntap, 1, 1)
-    kx = torch.remainder(k, taps).float().view(1, ntap, 1, 1)
-    base_y = (torch.arange(ho, device=dev, dtype=torch.float32) * stride - padding).view(1, 1, ho, 1)
-    base_x = (torch.arange(wo, device=dev, dtype=torch.float32) * stride - padding).view(1, 1, 1, wo)
-    off = offset.view(b, ntap, 2, ho, wo)
-    y = base_y + ky + off[:, :, 0]
-    xx = base_x + kx + off[:, :, 1]
-    # grid_sample's align_corners=False pixel convention: pixel i sits at (2i + 1) / size - 1.
-    grid = torch.stack(((2 * xx + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1).view(b, ntap * ho, wo, 2)
+    kh, kw = weight.shape[-2:]
+    ntap = kh * kw
+    base, scale = _base_grid(h, w, ho, wo, stride, padding, kh, kw, x.device)
+    # grid_sample wants (x, y) pairs; the offsets come as (row, column) per tap.
+    off = offset.view(b, ntap, 2, ho, wo)[:, :, [1, 0]].permute(0, 1, 3, 4, 2)
+    grid = torch.addcmul(base, off, scale).view(b, ntap * ho, wo, 2)
     cols = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     cols = cols.view(b, c, ntap, ho, wo)
-    low = _autocast_dtype(dev.type)
+    low = _autocast_dtype(x.device.type)
     if low is not None:
         # The product will run in the autocast type: cast while applying the modulation (one pass, not two).
-        masked = torch.empty(cols.shape, dtype=low, device=dev)
+        masked = torch.empty(cols.shape, dtype=low, device=x.device)
         cols = torch.mul(cols, mask.view(b, 1, ntap, ho, wo), out=masked)
     else:
         cols = cols * mask.view(b, 1, ntap, ho, wo)
     cols = cols.view(b, c * ntap, ho * wo)
-    out = torch.matmul(weight.reshape(weight.shape[0], -1), cols) + bias.view(1, -1, 1)
-    return out.view(b, -1, ho, wo)
+    w2d = weight.reshape(weight.shape[0], -1)
+    # The bias rides in the product (one pass over the output fewer than adding it afterwards).
+    if b == 1:
+        return torch.addmm(bias.view(-1, 1), w2d, cols[0]).view(1, -1, ho, wo)
+    return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols).view(b, -1, ho, wo)
+
+
+_GRIDS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _base_grid(
+    h: int, w: int, ho: int, wo: int, stride: int, padding: int, kh: int, kw: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling grid with zero offsets, [1, taps, Ho, Wo, 2] in grid_sample's units, and the factor that
+    turns pixel offsets into those units; a grid is then ``base + offset * scale``.
+
+    Why cached: they depend on the shapes only, and building them takes a dozen small kernels per
+    convolution (hundreds per frame: on a GPU each costs a launch or a graph node). Not cached while a
+    CUDA graph is captured (the tensor would live in the graph's pool) or while torch.compile traces
+    (constants are folded there)."""
+    key = (str(device), h, w, ho, wo, stride, padding, kh, kw)
+    hit = _GRIDS.get(key)
+    if hit is not None:
+        return hit
+    ky = torch.arange(kh, device=device, dtype=torch.float32).repeat_interleave(kw).view(-1, 1, 1)
+    kx = torch.arange(kw, device=device, dtype=torch.float32).repeat(kh).view(-1, 1, 1)
+    ys = (torch.arange(ho, device=device, dtype=torch.float32) * stride - padding).view(1, ho, 1)
+    xs = (torch.arange(wo, device=device, dtype=torch.float32) * stride - padding).view(1, 1, wo)
+    # grid_sample's align_corners=False pixel convention: pixel i sits at (2i + 1) / size - 1.
+    gx = ((2 * (xs + kx) + 1) / w - 1).expand(kh * kw, ho, wo)
+    gy = ((2 * (ys + ky) + 1) / h - 1).expand(kh * kw, ho, wo)
+    base = torch.stack((gx, gy), dim=-1).unsqueeze(0)
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=device, dtype=torch.float32)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if not capturing and not torch.compiler.is_compiling():
+        if len(_GRIDS) >= 256:
+            _GRIDS.clear()
+        _GRIDS[key] = (base, scale)
+    return base, scale
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -169,16 +199,33 @@ class DYReLU(nn.Module):
             nn.Linear(inp // reduction, oup * 4),
             HSigmoid(),
         )
+        # The fc output y holds [a1 | b1 | a2 | b2]; the coefficients are one affine map of it (lambda_a = 2):
+        # a1 = (y - 0.5) * 2 + 1 = 2y, b1 = y - 0.5, a2 = 2y - 1, b2 = y - 0.5. Not in the state dict.
+        one = torch.ones(oup)
+        scale, shift = (
+            torch.cat((2 * one, one, 2 * one, one)),
+            torch.cat((0 * one, -0.5 * one, -one, -0.5 * one)),
+        )
+        self.register_buffer("coef_scale", scale, persistent=False)
+        self.register_buffer("coef_shift", shift, persistent=False)
+        self.reference = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        y = self.fc(F.adaptive_avg_pool2d(x, 1).view(b, c)).view(b, self.oup * 4, 1, 1)
-        a1, b1, a2, b2 = torch.split(y, self.oup, dim=1)
-        a1 = (a1 - 0.5) * self.lambda_a + 1.0
-        a2 = (a2 - 0.5) * self.lambda_a + 0.0
-        b1 = b1 - 0.5 + 0.0
-        b2 = b2 - 0.5 + 0.0
-        return torch.max(x * a1 + b1, x * a2 + b2)
+        y = self.fc(F.adaptive_avg_pool2d(x, 1).view(b, c))
+        if self.reference:  # the official operation order
+            y = y.view(b, self.oup * 4, 1, 1)
+            a1, b1, a2, b2 = torch.split(y, self.oup, dim=1)
+            a1 = (a1 - 0.5) * self.lambda_a + 1.0
+            a2 = (a2 - 0.5) * self.lambda_a + 0.0
+            b1 = b1 - 0.5 + 0.0
+            b2 = b2 - 0.5 + 0.0
+            return torch.max(x * a1 + b1, x * a2 + b2)
+        # (y - 0.5) * 2 + 1 = 2y etc. (lambda_a = 2): the same coefficients up to float rounding, in one
+        # pass over the small coefficient tensor; then three passes over x instead of five.
+        coef = torch.addcmul(self.coef_shift, y, self.coef_scale).view(b, 4, self.oup, 1, 1)
+        a1, b1, a2, b2 = coef.unbind(1)
+        return torch.maximum(torch.addcmul(b1, x, a1), torch.addcmul(b2, x, a2))
 
 
 class DyConv(nn.Module):
@@ -200,6 +247,7 @@ class DyConv(nn.Module):
         else:
             self.AttnConv = None
         self.relu = DYReLU(channels, channels) if use_dyrelu else nn.ReLU()
+        self.reference = False  # the official operation order (GLIPModel.use_reference_ops)
         self.offset = nn.Conv2d(channels, 27, 3, padding=1) if use_deform else None
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -216,11 +264,24 @@ class DyConv(nn.Module):
                 up = self.DyConv[0](feats[level + 1], **args)
                 # F.upsample_bilinear == interpolate(bilinear, align_corners=True)
                 temp.append(F.interpolate(up, size=feature.shape[-2:], mode="bilinear", align_corners=True))
-            if self.AttnConv is not None:
-                res = torch.stack(temp)
-                attn = h_sigmoid(torch.stack([self.AttnConv(t) for t in temp]))
-                mean = torch.mean(res * attn, dim=0)
-            else:
-                mean = torch.mean(torch.stack(temp), dim=0)
-            out.append(mean)
+            out.append(self._mean(temp))
         return [self.relu(x) for x in out]
+
+    def _mean(self, temp: list[torch.Tensor]) -> torch.Tensor:
+        """Scale-aware attention: the mean of the (up to) three convolutions, each weighted by a per-image
+        scalar. Official: stack, multiply, mean; here a weighted sum without the stacked copy (len(temp) + 1
+        passes over a level instead of 3 * len(temp) + 1), the same value up to float rounding."""
+        if self.AttnConv is None:
+            if self.reference:
+                return torch.mean(torch.stack(temp), dim=0)
+            acc = temp[0].clone() if len(temp) == 1 else temp[0] + temp[1]
+            for t in temp[2:]:
+                acc = acc.add_(t)
+            return acc.div_(len(temp))
+        attn = h_sigmoid(torch.stack([self.AttnConv(t) for t in temp]))
+        if self.reference:
+            return torch.mean(torch.stack(temp) * attn, dim=0)
+        acc = temp[0] * attn[0]
+        for t, a in zip(temp[1:], attn[1:], strict=True):
+            acc = acc.addcmul_(t, a)
+        return acc.div_(len(temp))

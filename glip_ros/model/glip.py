@@ -130,14 +130,17 @@ class GLIPModel(nn.Module):
     # -- head ------------------------------------------------------------------------------------------------
     def use_reference_ops(self, on: bool = True) -> GLIPModel:
         """``on``: the official operation order (fusion projections on the visual side, torchvision's
-        deformable convolution). Off (default): the factored fusion and the sampled deformable convolution,
-        the same functions up to float reassociation with fewer FLOPs (see fusion.py, dyhead.py)."""
-        from .dyhead import set_deform_impl
+        deformable convolution, DyHead's stacked mean and DyReLU as written). Off (default): the factored
+        fusion, the sampled deformable convolution and fewer passes in DyHead, the same functions up to
+        float reassociation with fewer FLOPs and memory passes (see fusion.py, dyhead.py)."""
+        from .dyhead import DyConv, DYReLU, set_deform_impl
         from .fusion import BiMultiHeadAttention
 
         for m in self.modules():
             if isinstance(m, BiMultiHeadAttention):
                 m.factored = not on
+            elif isinstance(m, (DyConv, DYReLU)):
+                m.reference = on
         set_deform_impl(self, "torchvision" if on else "sample")
         return self
 

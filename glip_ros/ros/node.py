@@ -330,6 +330,7 @@ class GlipNode(LifecycleNode):
                 precision=precision,
                 head_precision=str(self.param("head_precision")),
                 cuda_graphs=bool(self.param("cuda_graphs")),
+                compile=str(self.param("compile")),
                 text_cache_size=int(self.param("text_cache_size")),
                 min_size=_size(int(self.param("min_size")), zero_means_none=True),
                 max_size=_size(int(self.param("max_size")), zero_means_none=False),
@@ -345,6 +346,7 @@ class GlipNode(LifecycleNode):
             f"model ready in {time.monotonic() - t0:.1f} s: checkpoint={checkpoint or '<embedded default>'} "
             f"preset={preset or '<from checkpoint>'} device={device} precision={precision} "
             f"head_precision={engine.head_precision} cuda_graphs={engine.graphs is not None} "
+            f"compile={engine.compiled.scope} "
             f"input size min={getattr(engine, 'min_size', '?')} max={getattr(engine, 'max_size', '?')}"
         )
         self._pub_query_state = self._make_query_state_publisher()

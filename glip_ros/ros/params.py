@@ -133,6 +133,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         applies="configure",
     ),
     ParamSpec(
+        "compile",
+        "off",
+        "torch.compile the per-frame modules: off, head (fusion + DyHead tower), all (also the backbone). "
+        "Fuses the element-wise work of the head; the first frame of each new frame size or query length "
+        "pays a compilation (tens of seconds). A compiled-code failure falls back to eager (counted).",
+        applies="configure",
+        choices=("off", "head", "all"),
+    ),
+    ParamSpec(
         "min_size",
         -1,
         "Shorter image side fed to the model, in pixels. -1: the checkpoint's own test size (800 for the "

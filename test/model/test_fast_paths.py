@@ -48,22 +48,71 @@ def test_factored_fusion_gradients_match_reference():
 
 
 @pytest.mark.parametrize(
-    "stride,h,w", [(1, 23, 31), (2, 23, 31), (2, 24, 32), (1, 1, 1), (1, 3, 5), (2, 7, 11)]
+    "stride,h,w,b",
+    [
+        (1, 23, 31, 2),
+        (2, 23, 31, 2),
+        (2, 24, 32, 2),
+        (1, 1, 1, 2),
+        (1, 3, 5, 2),
+        (2, 7, 11, 2),
+        (1, 9, 13, 1),
+    ],
 )
-def test_sampled_deform_conv_equals_torchvision(stride, h, w):
+def test_sampled_deform_conv_equals_torchvision(stride, h, w, b):
     torch.manual_seed(h * w + stride)
-    x = torch.randn(2, 8, h, w)
+    x = torch.randn(b, 8, h, w)
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    offset = torch.randn(2, 18, ho, wo) * 3
+    offset = torch.randn(b, 18, ho, wo) * 3
     offset[0, 0, 0, 0] = -1.0  # exactly one pixel out: zero contribution in both
     offset[0, 1, 0, 0] = -1.0
-    offset[1, 4:6] = 1e4  # far outside the image
-    mask = torch.rand(2, 9, ho, wo)
+    offset[-1, 4:6] = 1e4  # far outside the image
+    mask = torch.rand(b, 9, ho, wo)
     weight, bias = torch.randn(6, 8, 3, 3), torch.randn(6)
     ref = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
     out = deform_conv2d_sampled(x, offset, mask, weight, bias, stride)
     assert out.shape == ref.shape
     assert _rel(out, ref) < 1e-5
+
+
+def test_sampled_deform_conv_reuses_its_grid_per_shape():
+    from glip_ros.model import dyhead
+
+    dyhead._GRIDS.clear()
+    x, offset, mask = torch.randn(1, 4, 6, 7), torch.randn(1, 18, 6, 7), torch.rand(1, 9, 6, 7)
+    weight, bias = torch.randn(5, 4, 3, 3), torch.randn(5)
+    first = deform_conv2d_sampled(x, offset, mask, weight, bias, 1)
+    assert len(dyhead._GRIDS) == 1
+    ((base, _),) = dyhead._GRIDS.values()
+    again = deform_conv2d_sampled(x, offset * 0.5, mask, weight, bias, 1)  # same shapes, other offsets
+    assert len(dyhead._GRIDS) == 1 and next(iter(dyhead._GRIDS.values()))[0] is base
+    ref = deform_conv2d(x, offset * 0.5, weight, bias, padding=1, mask=mask)
+    assert _rel(again, ref) < 1e-5 and not torch.equal(first, again)
+
+
+@pytest.mark.parametrize("dyfuse,dyrelu", [(True, True), (False, True), (True, False)])
+def test_dyconv_fewer_passes_equals_official_order(dyfuse, dyrelu):
+    """DyHead's weighted mean without the stacked copy and DyReLU's coefficients as one affine map: the
+    official values and gradients (training runs this form too)."""
+    from glip_ros.model.dyhead import DyConv
+
+    torch.manual_seed(3)
+    m = DyConv(32, 8, use_deform=True, use_dyrelu=dyrelu, use_dyfuse=dyfuse)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    feats = [torch.randn(2, 32, 12 >> i, 16 >> i, requires_grad=True) for i in range(3)]
+    outs, grads = [], []
+    for reference in (True, False):
+        m.reference = reference
+        if dyrelu:
+            m.relu.reference = reference
+        m.zero_grad()
+        y = m(feats)
+        sum(t.square().sum() for t in y).backward()
+        outs.append(torch.cat([t.flatten() for t in y]).detach())
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert _rel(outs[1], outs[0]) < 1e-5
+    assert _rel(grads[1], grads[0]) < 1e-4
 
 
 def test_reference_ops_switch_gives_the_same_head_outputs():
