@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU measurements of docs/BENCHMARKS.md: small presets at 480x640, cached vs official-style,
-# 3 vs 1,203 phrases, with and without deep fusion, 3 cameras batched vs one at a time.
+# 3 vs 1,203 phrases, with and without deep fusion, 3 cameras batched vs one at a time, torch.compile.
 # Usage: bash scripts/cpu_bench.sh [OUTDIR] [THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +10,10 @@ mkdir -p "$OUT"
 PY=${PYTHON:-.venv/bin/python}
 run() { local name=$1; shift; echo "== $name: glip-bench $*"; "$PY" -m glip_ros.bench "$@" --threads "$THREADS" --json "$OUT/$name.json"; echo; }
 S="--size 480x640 --device cpu --precision fp32"
-run tiny_3p       --preset glip_tiny_test   $S --phrases 3    --runs 10 --flops
+run tiny_3p       --preset glip_tiny_test   $S --phrases 3    --runs 10 --flops --count-ops
 run tiny_1203p    --preset glip_tiny_test   $S --phrases 1203 --runs 3
-run tinya_3p      --preset glip_tiny_test_a $S --phrases 3    --runs 10 --flops
+run tinya_3p      --preset glip_tiny_test_a $S --phrases 3    --runs 10 --flops --count-ops
 run tinya_1203p   --preset glip_tiny_test_a $S --phrases 1203 --runs 3
 run tiny_3p_3cam  --preset glip_tiny_test   $S --phrases 3    --cameras 3 --runs 5
+# torch.compile of everything (the first call compiles: about a minute without inductor's on-disk cache)
+run tiny_3p_compile --preset glip_tiny_test $S --phrases 3 --runs 10 --compile all --skip-official
