@@ -119,10 +119,23 @@ def _base_grid(
     convolution (hundreds per frame: on a GPU each costs a launch or a graph node). Not cached while a
     CUDA graph is captured (the tensor would live in the graph's pool) or while torch.compile traces
     (constants are folded there)."""
+    if torch.compiler.is_compiling():  # traced: no lookup (a guard on the dict would recompile as it grows)
+        return _make_base_grid(h, w, ho, wo, stride, padding, kh, kw, device)
     key = (str(device), h, w, ho, wo, stride, padding, kh, kw)
     hit = _GRIDS.get(key)
     if hit is not None:
         return hit
+    grids = _make_base_grid(h, w, ho, wo, stride, padding, kh, kw, device)
+    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        if len(_GRIDS) >= 256:
+            _GRIDS.clear()
+        _GRIDS[key] = grids
+    return grids
+
+
+def _make_base_grid(
+    h: int, w: int, ho: int, wo: int, stride: int, padding: int, kh: int, kw: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     ky = torch.arange(kh, device=device, dtype=torch.float32).repeat_interleave(kw).view(-1, 1, 1)
     kx = torch.arange(kw, device=device, dtype=torch.float32).repeat(kh).view(-1, 1, 1)
     ys = (torch.arange(ho, device=device, dtype=torch.float32) * stride - padding).view(1, ho, 1)
@@ -131,12 +144,8 @@ def _base_grid(
     gx = ((2 * (xs + kx) + 1) / w - 1).expand(kh * kw, ho, wo)
     gy = ((2 * (ys + ky) + 1) / h - 1).expand(kh * kw, ho, wo)
     base = torch.stack((gx, gy), dim=-1).unsqueeze(0)
-    scale = torch.tensor([2.0 / w, 2.0 / h], device=device, dtype=torch.float32)
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if not capturing and not torch.compiler.is_compiling():
-        if len(_GRIDS) >= 256:
-            _GRIDS.clear()
-        _GRIDS[key] = (base, scale)
+    scale = torch.empty(2, device=device, dtype=torch.float32)  # filled on the device: no host copy, so
+    scale[0], scale[1] = 2.0 / w, 2.0 / h  # it can run inside a CUDA graph capture
     return base, scale
 
 
