@@ -11,13 +11,19 @@ from torchvision.ops import deform_conv2d
 __all__ = ["DyConv", "DYReLU", "Conv3x3Norm", "deform_conv2d_sampled", "set_deform_impl"]
 
 
-def h_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return F.relu6(x + 3.0) / 6.0
+def h_sigmoid(x: torch.Tensor, reference: bool = False) -> torch.Tensor:
+    """relu6(x + 3) / 6 as the official code writes it (three kernels), or ``F.hardsigmoid`` (x / 6 + 1/2
+    clamped to [0, 1]: the same function up to float rounding, one kernel)."""
+    return F.relu6(x + 3.0) / 6.0 if reference else F.hardsigmoid(x)
 
 
 class HSigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reference = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return h_sigmoid(x)
+        return h_sigmoid(x, self.reference)
 
 
 class ModulatedDeformConv(nn.Module):
@@ -287,7 +293,7 @@ class DyConv(nn.Module):
             for t in temp[2:]:
                 acc = acc.add_(t)
             return acc.div_(len(temp))
-        attn = h_sigmoid(torch.stack([self.AttnConv(t) for t in temp]))
+        attn = h_sigmoid(torch.stack([self.AttnConv(t) for t in temp]), self.reference)
         if self.reference:
             return torch.mean(torch.stack(temp) * attn, dim=0)
         acc = temp[0] * attn[0]

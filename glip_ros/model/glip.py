@@ -133,13 +133,13 @@ class GLIPModel(nn.Module):
         deformable convolution, DyHead's stacked mean and DyReLU as written). Off (default): the factored
         fusion, the sampled deformable convolution and fewer passes in DyHead, the same functions up to
         float reassociation with fewer FLOPs and memory passes (see fusion.py, dyhead.py)."""
-        from .dyhead import DyConv, DYReLU, set_deform_impl
+        from .dyhead import DyConv, DYReLU, HSigmoid, set_deform_impl
         from .fusion import BiMultiHeadAttention
 
         for m in self.modules():
             if isinstance(m, BiMultiHeadAttention):
                 m.factored = not on
-            elif isinstance(m, (DyConv, DYReLU)):
+            elif isinstance(m, (DyConv, DYReLU, HSigmoid)):
                 m.reference = on
         set_deform_impl(self, "torchvision" if on else "sample")
         return self
