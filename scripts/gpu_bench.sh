@@ -58,7 +58,7 @@ json.dump(runs, open(os.path.join(sys.argv[1], "all.json"), "w"), indent=1)
 for name, r in runs.items():
     c = r["cached"]
     o = r.get("official", {}).get("end_to_end", {}).get("median_ms")
-    print(f"{name:26s} cached {c['end_to_end']['median_ms']:7.1f} ms {c['frames_per_s']:6.2f} f/s"
+    print(("" if r.get("complete", True) else "(cut short) ") + f"{name:26s} cached {c['end_to_end']['median_ms']:7.1f} ms {c['frames_per_s']:6.2f} f/s"
           f" | bb {c['backbone']['median_ms']:.1f} head {c['head']['median_ms']:.1f} post {c['postprocess']['median_ms']:.1f}"
           + (f" | official {o:.1f} ms x{r['speedup']:.2f}" if o else "")
           + f" | graphs {r.get('graph_counters')} vs-eager {r.get('graphs_vs_eager_top20')} vs-off {r.get('cached_vs_official_top20')}"
