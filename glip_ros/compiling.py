@@ -4,8 +4,8 @@ Why: with a cached query, most of a GPU frame is element-wise passes over 22k lo
 (GroupNorm, DyReLU, the scale-aware mean, the modulation and casts around the deformable convolutions'
 bilinear sampling), each of which reads and writes the whole activation. Inductor fuses them into a few
 kernels, and samples, modulates and casts the deformable convolutions' columns in one pass. The matrix
-products stay on cuBLAS. Off by default: the first frame of each new input shape pays a compilation
-(tens of seconds), which a camera stream amortises and a one-off call does not.
+products stay on cuBLAS. Off by default: the first frame pays a compilation (tens of seconds or more), which
+a camera stream amortises and a one-off call does not; and it is not yet measured on a GPU.
 
 Each DyHead tower layer (and optionally the backbone) is compiled as its own graph; the six layers of a
 tower share one compiled graph (same code, parameters passed as inputs). Shapes follow torch's automatic

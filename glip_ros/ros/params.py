@@ -136,8 +136,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "compile",
         "off",
         "torch.compile the per-frame modules: off, head (fusion + DyHead tower), all (also the backbone). "
-        "Fuses the element-wise work of the head; the first frame of each new frame size or query length "
-        "pays a compilation (tens of seconds). A compiled-code failure falls back to eager (counted).",
+        "Fuses the element-wise work of the head. The first frame compiles (tens of seconds to minutes), and "
+        "so does the first change of frame size or query length (one shape-generic graph; later changes are "
+        "free). A compiled-code failure falls back to eager (counted).",
         applies="configure",
         choices=("off", "head", "all"),
     ),
