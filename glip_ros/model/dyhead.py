@@ -113,6 +113,8 @@ def deform_conv2d_sampled(
 
 
 _GRIDS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+# torch.compiler.is_compiling is torch >= 2.3; torch._dynamo's is older. Both read as True while traced.
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
 
 def _base_grid(
@@ -125,13 +127,16 @@ def _base_grid(
     convolution (hundreds per frame: on a GPU each costs a launch or a graph node). Not cached while a
     CUDA graph is captured (the tensor would live in the graph's pool) or while torch.compile traces
     (constants are folded there)."""
-    if torch.compiler.is_compiling():  # traced: no lookup (a guard on the dict would recompile as it grows)
+    if _is_compiling():  # traced: no lookup (a guard on the dict would recompile as it grows)
         return _make_base_grid(h, w, ho, wo, stride, padding, kh, kw, device)
     key = (str(device), h, w, ho, wo, stride, padding, kh, kw)
     hit = _GRIDS.get(key)
     if hit is not None:
         return hit
-    grids = _make_base_grid(h, w, ho, wo, stride, padding, kh, kw, device)
+    # Made outside inference mode: an inference tensor kept here would break a later training step
+    # ("inference tensors cannot be saved for backward").
+    with torch.inference_mode(False):
+        grids = _make_base_grid(h, w, ho, wo, stride, padding, kh, kw, device)
     if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         if len(_GRIDS) >= 256:
             _GRIDS.clear()

@@ -90,6 +90,23 @@ def test_sampled_deform_conv_reuses_its_grid_per_shape():
     assert _rel(again, ref) < 1e-5 and not torch.equal(first, again)
 
 
+def test_grid_kept_from_inference_serves_a_training_step():
+    """The engine (inference mode) fills the grid cache; a training step with the same shapes must still
+    be able to save what it needs for backward."""
+    from glip_ros.model import dyhead
+
+    dyhead._GRIDS.clear()
+    weight, bias = torch.randn(5, 4, 3, 3, requires_grad=True), torch.randn(5)
+    x, mask = torch.randn(1, 4, 6, 7), torch.rand(1, 9, 6, 7)
+    offset = torch.randn(1, 18, 6, 7)
+    with torch.inference_mode():
+        deform_conv2d_sampled(x, offset, mask, weight, bias, 1)
+    assert len(dyhead._GRIDS) == 1
+    off = offset.clone().requires_grad_(True)
+    deform_conv2d_sampled(x, off, mask, weight, bias, 1).square().sum().backward()
+    assert off.grad is not None and weight.grad is not None
+
+
 @pytest.mark.parametrize("dyfuse,dyrelu", [(True, True), (False, True), (True, False)])
 def test_dyconv_fewer_passes_equals_official_order(dyfuse, dyrelu):
     """DyHead's weighted mean without the stacked copy and DyReLU's coefficients as one affine map: the
