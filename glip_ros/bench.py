@@ -234,6 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         / n_calls,
     }
     res["cached"]["frames_per_s"] = args.cameras / (res["cached"]["end_to_end"]["median_ms"] / 1000)
+    _write_json(getattr(args, "json", None), res, complete=False)
     if args.cameras > 1:
         # The same frames one camera at a time (still cached text), to show what batching buys.
         seq = _timed(
