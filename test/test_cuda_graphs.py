@@ -45,6 +45,40 @@ def test_graph_cache_runs_eagerly_before_capture_and_after_a_failed_one():
     assert cache.counters["fallbacks"] == 2 and cache.counters["captures"] == 0 and len(cache) == 0
 
 
+@pytest.mark.parametrize("preset", ["glip_tiny_test", "glip_tiny_test_a"])
+def test_graphed_stages_make_no_tensor_from_host_data(preset):
+    """A CUDA graph capture cannot copy from host memory: a Python list used as an index or torch.tensor()
+    of Python numbers inside the backbone or head would make every capture fall back to eager. Checked on
+    CPU at the dispatcher (such tensors enter as ``lift_fresh``), on every call of the graphed stages; fp32
+    only (a dispatch mode sits below autocast, which then does not cast)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostData(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.lift_fresh.default:
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    eng = GroundingEngine(build_model(preset), min_size=None)
+    seen = HostData()
+    run_stage = eng._run_stage
+
+    def recorded(name, fn, inputs):
+        with seen:
+            return run_stage(name, fn, inputs)
+
+    eng._run_stage = recorded
+    for text in ("red circle. blue square", [f"thing{i}" for i in range(150)]):
+        q = eng.prepare_query(text)
+        for _ in range(2):
+            eng.detect(FRAMES, q, score_threshold=0.0)
+    assert seen.count == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("preset", ["glip_tiny_test", "glip_tiny_test_a"])

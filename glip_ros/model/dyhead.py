@@ -92,8 +92,9 @@ def deform_conv2d_sampled(
     kh, kw = weight.shape[-2:]
     ntap = kh * kw
     base, scale = _base_grid(h, w, ho, wo, stride, padding, kh, kw, x.device)
-    # grid_sample wants (x, y) pairs; the offsets come as (row, column) per tap.
-    off = offset.view(b, ntap, 2, ho, wo)[:, :, [1, 0]].permute(0, 1, 3, 4, 2)
+    # grid_sample wants (x, y) pairs; the offsets come as (row, column) per tap. (flip, not a list index:
+    # indexing with a Python list uploads the index from host memory, which a CUDA graph cannot capture.)
+    off = offset.view(b, ntap, 2, ho, wo).flip(2).permute(0, 1, 3, 4, 2)
     grid = torch.addcmul(base, off, scale).view(b, ntap * ho, wo, 2)
     cols = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     cols = cols.view(b, c, ntap, ho, wo)
@@ -155,8 +156,9 @@ def _make_base_grid(
     gx = ((2 * (xs + kx) + 1) / w - 1).expand(kh * kw, ho, wo)
     gy = ((2 * (ys + ky) + 1) / h - 1).expand(kh * kw, ho, wo)
     base = torch.stack((gx, gy), dim=-1).unsqueeze(0)
-    scale = torch.empty(2, device=device, dtype=torch.float32)  # filled on the device: no host copy, so
-    scale[0], scale[1] = 2.0 / w, 2.0 / h  # it can run inside a CUDA graph capture
+    # Filled on the device (no tensor from host data, which a CUDA graph capture cannot copy).
+    scale = torch.full((2,), 2.0 / w, device=device, dtype=torch.float32)
+    scale[1:].fill_(2.0 / h)
     return base, scale
 
 
