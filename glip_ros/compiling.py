@@ -13,10 +13,12 @@ dynamic rule: the first graph is specialised to its shapes, and the first change
 another token count, a camera of another size) compiles one shape-generic graph that serves every later
 one, so a robot changing queries pays a compilation twice per module, not once per query length
 (measured on this CPU with glip_tiny_test: a second token count recompiled in 9 s, every later one in 0 s;
-with static shapes each new count recompiled, 7 s each). CUDA graphs
-(``cuda_graphs.py``) capture the compiled kernels like any others. A compilation or compiled-run failure
-puts every module back to eager for good (logged once, counted by the engine): speed is lost, never a
-result.
+with static shapes each new count recompiled, 7 s each). CUDA graphs (``cuda_graphs.py``) capture the
+compiled kernels like any others. A compilation or compiled-run failure puts every module back to eager for
+good (logged once, counted by the engine): speed is lost, never a result.
+
+The modules are compiled in place (their ``forward``): an engine sharing the same model object runs them
+compiled too.
 """
 
 from __future__ import annotations
