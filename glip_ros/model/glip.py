@@ -75,8 +75,17 @@ class GLIPModel(nn.Module):
     # -- image -----------------------------------------------------------------------------------------------
     def normalize(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] uint8 RGB -> official input: BGR, ToTensor()/255 then ×255 (TO_BGR255), Normalize."""
-        x = images_uint8_rgb.flip(1).float() / 255.0 * 255.0
-        return (x - self.pixel_mean.to(x.device)) / self.pixel_std.to(x.device)
+        out = torch.empty(images_uint8_rgb.shape, dtype=torch.float32, device=images_uint8_rgb.device)
+        return self._normalize_into(out, images_uint8_rgb)
+
+    def _normalize_into(self, out: torch.Tensor, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
+        """Writes ``normalize`` into ``out`` (a view of the padded batch): the official rounding sequence
+        (/255, ×255, −mean, ÷std), in place, so no full-size temporaries (on a CPU the allocations of
+        temporaries cost as much as the arithmetic)."""
+        out.copy_(images_uint8_rgb.flip(-3))  # RGB -> BGR, converted to float by the copy
+        mean = self.pixel_mean.to(out.device).view(3, 1, 1)
+        std = self.pixel_std.to(out.device).view(3, 1, 1)
+        return out.div_(255.0).mul_(255.0).sub_(mean).div_(std)
 
     def preprocess(
         self,
@@ -106,23 +115,26 @@ class GLIPModel(nn.Module):
                 img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((nw, nh), Image.BILINEAR))
             if not (img.flags.writeable and img.flags.c_contiguous):
                 img = np.ascontiguousarray(img).copy()
-            t = torch.from_numpy(img).to(device).permute(2, 0, 1).unsqueeze(0)
-            tensors.append(self.normalize(t)[0])
+            tensors.append(torch.from_numpy(img).to(device).permute(2, 0, 1))  # uint8 CHW
             sizes.append((nh, nw))
             scales.append((w / nw, h / nh))
-        return self.batch(tensors), sizes, scales
+        # Normalised straight into the padded batch (zeros only where there is padding).
+        out = self._empty_batch(tensors, torch.float32)
+        for i, t in enumerate(tensors):
+            h, w = t.shape[1:]
+            out[i, :, h:].zero_()  # padding at the bottom and right (empty slices when there is none)
+            out[i, :, :h, w:].zero_()
+            self._normalize_into(out[i, :, :h, :w], t)
+        return out, sizes, scales
 
-    def batch(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _empty_batch(self, tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         div = self.config.size_divisibility
         mh = max(t.shape[1] for t in tensors)
         mw = max(t.shape[2] for t in tensors)
         if div > 0:
             mh = int(math.ceil(mh / div) * div)
             mw = int(math.ceil(mw / div) * div)
-        out = tensors[0].new_zeros((len(tensors), 3, mh, mw))
-        for i, t in enumerate(tensors):
-            out[i, :, : t.shape[1], : t.shape[2]].copy_(t)
-        return out
+        return torch.empty((len(tensors), 3, mh, mw), dtype=dtype, device=tensors[0].device)
 
     def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone(images)
