@@ -169,3 +169,24 @@ def test_swin_shift_mask_matches_the_slice_construction():
         ref = mw.unsqueeze(1) - mw.unsqueeze(2)
         ref = ref.masked_fill(ref != 0, -100.0).masked_fill(ref == 0, 0.0)
         assert torch.equal(layer.shift_mask(h, w, torch.device("cpu")), ref)
+
+
+def test_batched_preprocess_equals_official_per_image_transform():
+    """Normalised in place into the padded batch: each image equals the official transform
+    (BGR, /255, ×255, −mean, ÷std) and the padding is zeros, for images of assorted sizes."""
+    import numpy as np
+
+    model = build_model("glip_tiny_test")
+    sizes = [(100, 130), (120, 96), (128, 128)]
+    images = [
+        np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8) for i, (h, w) in enumerate(sizes)
+    ]
+    batch, got_sizes, _ = model.preprocess(images, None, None)
+    assert got_sizes == sizes and batch.shape == (3, 3, 128, 160)  # padded to multiples of 32
+    for i, (im, (h, w)) in enumerate(zip(images, sizes, strict=True)):
+        x = torch.from_numpy(im).permute(2, 0, 1)[[2, 1, 0]].float() / 255.0 * 255.0
+        want = (x - model.pixel_mean[0]) / model.pixel_std[0]
+        assert torch.equal(batch[i, :, :h, :w], want)
+        padded = batch[i].clone()
+        padded[:, :h, :w] = 0
+        assert not padded.any()
