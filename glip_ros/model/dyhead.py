@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from .constants import shape_constant
+
 __all__ = ["DyConv", "DYReLU", "Conv3x3Norm", "deform_conv2d_sampled", "set_deform_impl"]
 
 
@@ -113,36 +115,14 @@ def deform_conv2d_sampled(
     return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols).view(b, -1, ho, wo)
 
 
-_GRIDS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-# torch.compiler.is_compiling is torch >= 2.3; torch._dynamo's is older. Both read as True while traced.
-_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
-
-
 def _base_grid(
     h: int, w: int, ho: int, wo: int, stride: int, padding: int, kh: int, kw: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampling grid with zero offsets, [1, taps, Ho, Wo, 2] in grid_sample's units, and the factor that
-    turns pixel offsets into those units; a grid is then ``base + offset * scale``.
-
-    Why cached: they depend on the shapes only, and building them takes a dozen small kernels per
-    convolution (hundreds per frame: on a GPU each costs a launch or a graph node). Not cached while a
-    CUDA graph is captured (the tensor would live in the graph's pool) or while torch.compile traces
-    (constants are folded there)."""
-    if _is_compiling():  # traced: no lookup (a guard on the dict would recompile as it grows)
-        return _make_base_grid(h, w, ho, wo, stride, padding, kh, kw, device)
-    key = (str(device), h, w, ho, wo, stride, padding, kh, kw)
-    hit = _GRIDS.get(key)
-    if hit is not None:
-        return hit
-    # Made outside inference mode: an inference tensor kept here would break a later training step
-    # ("inference tensors cannot be saved for backward").
-    with torch.inference_mode(False):
-        grids = _make_base_grid(h, w, ho, wo, stride, padding, kh, kw, device)
-    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        if len(_GRIDS) >= 256:
-            _GRIDS.clear()
-        _GRIDS[key] = grids
-    return grids
+    turns pixel offsets into those units; a grid is then ``base + offset * scale``. Kept per shape
+    (constants.py): building it takes a dozen small operators, 78 convolutions per GLIP-T frame."""
+    key = ("dcn_grid", str(device), h, w, ho, wo, stride, padding, kh, kw)
+    return shape_constant(key, device, lambda: _make_base_grid(h, w, ho, wo, stride, padding, kh, kw, device))
 
 
 def _make_base_grid(

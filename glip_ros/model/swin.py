@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SwinConfig
+from .constants import shape_constant
 
 __all__ = ["SwinTransformer"]
 
@@ -172,7 +173,8 @@ class BasicLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (stage output at h×w, input of the next stage at ceil(h/2)×ceil(w/2))."""
-        mask = self.shift_mask(h, w, x.device).to(x.dtype)
+        key = ("swin_shift_mask", str(x.device), x.dtype, h, w, self.window_size, self.shift_size)
+        mask = shape_constant(key, x.device, lambda: self.shift_mask(h, w, x.device).to(x.dtype))
         for blk in self.blocks:
             x = blk(x, h, w, mask)
         if self.downsample is not None:

@@ -76,16 +76,16 @@ def test_sampled_deform_conv_equals_torchvision(stride, h, w, b):
 
 
 def test_sampled_deform_conv_reuses_its_grid_per_shape():
-    from glip_ros.model import dyhead
+    from glip_ros.model import constants
 
-    dyhead._GRIDS.clear()
+    constants.clear_shape_constants()
     x, offset, mask = torch.randn(1, 4, 6, 7), torch.randn(1, 18, 6, 7), torch.rand(1, 9, 6, 7)
     weight, bias = torch.randn(5, 4, 3, 3), torch.randn(5)
     first = deform_conv2d_sampled(x, offset, mask, weight, bias, 1)
-    assert len(dyhead._GRIDS) == 1
-    ((base, _),) = dyhead._GRIDS.values()
+    assert len(constants._CACHE) == 1
+    ((base, _),) = constants._CACHE.values()
     again = deform_conv2d_sampled(x, offset * 0.5, mask, weight, bias, 1)  # same shapes, other offsets
-    assert len(dyhead._GRIDS) == 1 and next(iter(dyhead._GRIDS.values()))[0] is base
+    assert len(constants._CACHE) == 1 and next(iter(constants._CACHE.values()))[0] is base
     ref = deform_conv2d(x, offset * 0.5, weight, bias, padding=1, mask=mask)
     assert _rel(again, ref) < 1e-5 and not torch.equal(first, again)
 
@@ -93,15 +93,15 @@ def test_sampled_deform_conv_reuses_its_grid_per_shape():
 def test_grid_kept_from_inference_serves_a_training_step():
     """The engine (inference mode) fills the grid cache; a training step with the same shapes must still
     be able to save what it needs for backward."""
-    from glip_ros.model import dyhead
+    from glip_ros.model import constants
 
-    dyhead._GRIDS.clear()
+    constants.clear_shape_constants()
     weight, bias = torch.randn(5, 4, 3, 3, requires_grad=True), torch.randn(5)
     x, mask = torch.randn(1, 4, 6, 7), torch.rand(1, 9, 6, 7)
     offset = torch.randn(1, 18, 6, 7)
     with torch.inference_mode():
         deform_conv2d_sampled(x, offset, mask, weight, bias, 1)
-    assert len(dyhead._GRIDS) == 1
+    assert len(constants._CACHE) == 1
     off = offset.clone().requires_grad_(True)
     deform_conv2d_sampled(x, off, mask, weight, bias, 1).square().sum().backward()
     assert off.grad is not None and weight.grad is not None
@@ -190,3 +190,25 @@ def test_batched_preprocess_equals_official_per_image_transform():
         padded = batch[i].clone()
         padded[:, :h, :w] = 0
         assert not padded.any()
+
+
+def test_swin_shift_masks_are_kept_per_shape_and_serve_training():
+    """The shifted-window masks are built once per frame size (not per frame) and, kept from an
+    inference-mode call, still serve a training step of the same shape."""
+    from glip_ros.model import constants
+
+    constants.clear_shape_constants()
+    model = build_model("glip_tiny_test")
+    x = torch.randn(1, 3, 96, 128)
+    with torch.inference_mode():
+        first = model.encode_image(x)
+        n = len(constants._CACHE)
+        again = model.encode_image(x)
+    assert n > 0 and len(constants._CACHE) == n
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    constants.clear_shape_constants()
+    with torch.inference_mode():
+        fresh = model.encode_image(x)
+    assert all(torch.equal(a, b) for a, b in zip(first, fresh, strict=True))
+    sum(f.square().sum() for f in model.encode_image(x)).backward()  # cache filled under inference mode
+    assert model.backbone.body.layers[0].blocks[0].attn.qkv.weight.grad is not None
