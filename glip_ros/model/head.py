@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GLIPConfig
+from .constants import shape_constant
 from .dyhead import DyConv
 from .fusion import BertEncoderLayer, VLFuse
 from .language import TextFeatures
@@ -180,6 +181,7 @@ class AnchorGenerator(nn.Module):
         if len(sizes) != len(strides):
             raise ValueError("anchor sizes and strides must have the same length")
         self.strides = tuple(strides)
+        self.sizes = tuple(sizes)
         self.cell_anchors = _BufferList([cell_anchor(s, z) for s, z in zip(strides, sizes, strict=False)])
 
     def grid(self, level: int, h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -192,7 +194,15 @@ class AnchorGenerator(nn.Module):
         return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.grid(i, f.shape[-2], f.shape[-1], f.device) for i, f in enumerate(feats)]
+        """Per level [H*W, 4] anchors: the same for every frame of a size, so kept (constants.py)."""
+        return [
+            shape_constant(
+                ("anchors", str(f.device), self.strides[i], self.sizes[i], f.shape[-2], f.shape[-1]),
+                f.device,
+                lambda i=i, f=f: self.grid(i, f.shape[-2], f.shape[-1], f.device),
+            )
+            for i, f in enumerate(feats)
+        ]
 
 
 class BoxCoder:
