@@ -136,6 +136,7 @@ class GroundingEngine:
         min_size: int | None = -1,
         max_size: int | None = -1,
         max_chunk_batch: int = 8,
+        backbone_batch: int | None = None,
         max_query_chars: int = 50000,
         head_precision: str = "fp32",
         text_padding: str = "tight",
@@ -175,6 +176,12 @@ class GroundingEngine:
         self.min_size = model.config.min_size if min_size == -1 else min_size
         self.max_size = model.config.max_size if max_size == -1 else max_size
         self.max_chunk_batch = max(1, int(max_chunk_batch))
+        # Frames per Swin + FPN call. None: all of them on a GPU, one at a time on a CPU, where Swin over
+        # several frames at once was slower than frame by frame (its window tensors leave the caches:
+        # docs/BENCHMARKS.md); the head batches every frame either way.
+        if backbone_batch is None:
+            backbone_batch = 0 if self.device.type == "cuda" else 1
+        self.backbone_batch = max(0, int(backbone_batch))
         self.max_query_chars = int(max_query_chars)
         self.tokenizer = get_tokenizer()
         self._cache: OrderedDict[str, TextFeatures] = OrderedDict()
@@ -325,6 +332,22 @@ class GroundingEngine:
         # detections).
         return [f.float() for f in feats]
 
+    def _image_features(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Swin + FPN over the frame batch, at most ``backbone_batch`` frames per call (the head still takes
+        the whole batch)."""
+        n = batch.shape[0]
+        step = self.backbone_batch or n
+        if n <= step:
+            self.counters["image_forwards"] += 1
+            return self._graphed("backbone", self._backbone, (batch,))
+        parts = []
+        for i in range(0, n, step):
+            out = self._graphed("backbone", self._backbone, (batch[i : i + step],))
+            self.counters["image_forwards"] += 1
+            # A graph replay overwrites the previous outputs of the same signature: keep a copy.
+            parts.append([f.clone() for f in out] if self.graphs is not None else out)
+        return [torch.cat(level) for level in zip(*parts, strict=True)]
+
     def _fused_head(self, *args: torch.Tensor) -> HeadOutputs:
         """(5 feature levels of n images, text hidden/embedded/masks of k chunks x n images) -> outputs."""
         feats, (hidden, embedded, masks) = list(args[:-3]), args[-3:]
@@ -392,8 +415,7 @@ class GroundingEngine:
         with torch.inference_mode():
             batch, sizes, scales = self.model.preprocess(images, min_size, max_size, device=self.device)
             t1 = time.perf_counter()
-            feats = self._graphed("backbone", self._backbone, (batch,))
-            self.counters["image_forwards"] += 1
+            feats = self._image_features(batch)
             if self.sync_stages and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             anchors = self.model.anchors(feats)

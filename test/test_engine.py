@@ -63,6 +63,27 @@ def test_batched_equals_sequential_for_three_cameras(engine):
         np.testing.assert_allclose([d.box_xyxy for d in b], [d.box_xyxy for d in s], atol=1e-3)
 
 
+@pytest.mark.parametrize("backbone_batch", [0, 2])
+def test_backbone_batch_splits_calls_not_results(engine, backbone_batch):
+    """Swin + FPN over all frames at once (0, the GPU default) or two at a time gives what one at a time
+    (the CPU default) gives; the head takes the whole batch either way."""
+    q = engine.prepare_query("red circle. blue square. green triangle")
+    default = engine.backbone_batch
+    want = engine.detect(FRAMES, q, score_threshold=0.0)
+    engine.backbone_batch = backbone_batch
+    try:
+        before = engine.counters["image_forwards"]
+        got = engine.detect(FRAMES, q, score_threshold=0.0)
+        calls = engine.counters["image_forwards"] - before
+    finally:
+        engine.backbone_batch = default
+    assert default == 1 and calls == (1 if backbone_batch == 0 else 2)
+    for g, w in zip(got, want, strict=True):
+        assert g and len(g) == len(w)
+        np.testing.assert_allclose([d.score for d in g], [d.score for d in w], atol=1e-5)
+        np.testing.assert_allclose([d.box_xyxy for d in g], [d.box_xyxy for d in w], atol=1e-3)
+
+
 def test_chunked_and_unchunked_agree_when_the_query_fits(engine):
     from glip_ros.prompt import build_prompt, build_prompts
 

@@ -15,18 +15,18 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["shape_constant", "clear_shape_constants"]
+__all__ = ["shape_constant", "clear_shape_constants", "is_compiling"]
 
 T = TypeVar("T")
 _MAX = 256
 _CACHE: dict[Hashable, object] = {}
 # torch.compiler.is_compiling is torch >= 2.3; torch._dynamo's is older. Both read as True while traced.
-_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
 
 def shape_constant(key: Hashable, device: torch.device, make: Callable[[], T]) -> T:
     """``make()``'s result for ``key`` (which must name everything it depends on, device included)."""
-    if _is_compiling():
+    if is_compiling():
         return make()
     hit = _CACHE.get(key)
     if hit is not None:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from .constants import is_compiling as _is_compiling
 from .constants import shape_constant
 
 __all__ = ["DyConv", "DYReLU", "Conv3x3Norm", "deform_conv2d_sampled", "set_deform_impl"]
@@ -112,6 +113,14 @@ def deform_conv2d_sampled(
     # The bias rides in the product (one pass over the output fewer than adding it afterwards).
     if b == 1:
         return torch.addmm(bias.view(-1, 1), w2d, cols[0]).view(1, -1, ho, wo)
+    if cols.device.type == "cpu" and not torch.is_grad_enabled() and not _is_compiling():
+        # Inference on CPU: one product per image into its slice of the output, 1.3x faster than the batched
+        # product with a broadcast weight (measured for GLIP-T's and the test presets' shapes). out= has no
+        # autograd, hence inference only.
+        out = torch.empty((b, w2d.shape[0], ho * wo), dtype=cols.dtype, device=cols.device)
+        for i in range(b):
+            torch.addmm(bias.view(-1, 1).to(cols.dtype), w2d.to(cols.dtype), cols[i], out=out[i])
+        return out.view(b, -1, ho, wo)
     return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols).view(b, -1, ho, wo)
 
 
