@@ -127,6 +127,18 @@ def _stack_texts(texts: Sequence[TextFeatures], n_img: int) -> TextFeatures:
 
 
 class GroundingEngine:
+    """Grounds cached queries in frames. Options, each measured in docs/BENCHMARKS.md:
+
+    * ``precision`` (fp32, fp16 on CUDA, bf16) applies to Swin + FPN; ``head_precision`` (fp32, tf32, auto)
+      to the fusion + DyHead head, kept fp32 by default because reduced precision there reorders detections.
+    * ``max_chunk_batch``: prompt chunks per head call (memory vs. launches).
+    * ``backbone_batch``: frames per Swin + FPN call; None means all on a GPU and one on a CPU (where Swin
+      over several frames at once measured slower); the head always takes every frame of a size at once.
+    * ``cuda_graphs`` (CUDA only) and ``compile`` ("off", "head", "all"): replayed and compiled stages, with
+      eager fallbacks that are counted in ``counters``.
+    * ``text_padding``: "tight" (next multiple of 8 tokens, default) or "max" (256, the official shapes).
+    """
+
     def __init__(
         self,
         model: GLIPModel,
