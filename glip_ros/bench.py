@@ -9,11 +9,12 @@ batched, the chosen precision. Weights are random (speed does not depend on them
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -137,6 +138,16 @@ def compare_top(ref, other, k: int = 20) -> dict[str, float]:
     return {"top": int(order.numel()), "matched": matched, "max_score_diff": worst}
 
 
+@contextlib.contextmanager
+def _without_graphs(eng) -> Iterator[None]:
+    """The engine run without CUDA graphs inside the block (eager references, operator counts)."""
+    graphs, eng.graphs = eng.graphs, None
+    try:
+        yield
+    finally:
+        eng.graphs = graphs
+
+
 def _write_json(path: str | None, res: dict[str, object], complete: bool) -> None:
     """The results so far: a run cut short by a time limit (a lent GPU's) still leaves what it measured."""
     if path:
@@ -152,6 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
+    json_path = getattr(args, "json", None)  # partial results land there after each phase
     h, w = (int(x) for x in args.size.lower().split("x"))
     if args.checkpoint:  # trained weights: realistic score sparsity in post-processing
         from .model import load_checkpoint, read_checkpoint_config
@@ -234,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         / n_calls,
     }
     res["cached"]["frames_per_s"] = args.cameras / (res["cached"]["end_to_end"]["median_ms"] / 1000)
-    _write_json(getattr(args, "json", None), res, complete=False)
+    _write_json(json_path, res, complete=False)
     if args.cameras > 1:
         # The same frames one camera at a time (still cached text), to show what batching buys.
         seq = _timed(
@@ -245,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         )
         res["cached_sequential"] = {"end_to_end": _stats(seq)}
 
-    _write_json(getattr(args, "json", None), res, complete=False)
+    _write_json(json_path, res, complete=False)
 
     # ---- official-style path -------------------------------------------------------------------------------
     chunk = 40
@@ -287,13 +299,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         res["official"] = {"end_to_end": _stats(off), "prompts_per_frame": len(official_prompts)}
         res["official"]["frames_per_s"] = args.cameras / (res["official"]["end_to_end"]["median_ms"] / 1000)
         res["speedup"] = res["official"]["end_to_end"]["median_ms"] / res["cached"]["end_to_end"]["median_ms"]
-    _write_json(getattr(args, "json", None), res, complete=False)
+    _write_json(json_path, res, complete=False)
     if args.count_ops:
-        graphs, eng.graphs = eng.graphs, None  # a graph replay hides its kernels from the profiler
-        try:
+        with _without_graphs(eng):  # a graph replay hides its kernels from the profiler
             res["cached"]["ops_per_call"] = _count_ops(cached_once)
-        finally:
-            eng.graphs = graphs
     if args.profile:  # where one cached call spends its time, by kernel/operator (self time)
         from torch.profiler import ProfilerActivity, profile
 
@@ -314,21 +323,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             official_once()  # same chunks: the two paths must give the same boxes
             res["cached_vs_official_top20"] = compare_top(official_result[0], ours[0])
         if eng.graphs is not None:
-            graphs, eng.graphs = eng.graphs, None
-            try:
+            with _without_graphs(eng):
                 eager, _ = eng.candidates(frames, q, None, None)
-            finally:
-                eng.graphs = graphs
             res["graphs_vs_eager_top20"] = compare_top(eager[0], ours[0])
-            res["graph_counters"] = dict(graphs.counters)
+            res["graph_counters"] = dict(eng.graphs.counters)
         if eng.compiled.active:
-            graphs, eng.graphs = eng.graphs, None
-            try:
+            with _without_graphs(eng):
                 with eng.compiled.suspended():
                     plain, _ = eng.candidates(frames, q, None, None)
                 compiled, _ = eng.candidates(frames, q, None, None)
-            finally:
-                eng.graphs = graphs
             res["compiled_vs_eager_top20"] = compare_top(plain[0], compiled[0])
         res["compile_fallbacks"] = eng.counters["compile_fallbacks"]
     finally:

@@ -118,8 +118,9 @@ def deform_conv2d_sampled(
         # product with a broadcast weight (measured for GLIP-T's and the test presets' shapes). out= has no
         # autograd, hence inference only.
         out = torch.empty((b, w2d.shape[0], ho * wo), dtype=cols.dtype, device=cols.device)
+        bias_col, w2d = bias.view(-1, 1).to(cols.dtype), w2d.to(cols.dtype)
         for i in range(b):
-            torch.addmm(bias.view(-1, 1).to(cols.dtype), w2d.to(cols.dtype), cols[i], out=out[i])
+            torch.addmm(bias_col, w2d, cols[i], out=out[i])
         return out.view(b, -1, ho, wo)
     return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols).view(b, -1, ho, wo)
 

@@ -73,16 +73,11 @@ class GLIPModel(nn.Module):
         return self.rpn.tunable_linear
 
     # -- image -----------------------------------------------------------------------------------------------
-    def normalize(self, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] uint8 RGB -> official input: BGR, ToTensor()/255 then ×255 (TO_BGR255), Normalize."""
-        out = torch.empty(images_uint8_rgb.shape, dtype=torch.float32, device=images_uint8_rgb.device)
-        return self._normalize_into(out, images_uint8_rgb)
-
-    def _normalize_into(self, out: torch.Tensor, images_uint8_rgb: torch.Tensor) -> torch.Tensor:
-        """Writes ``normalize`` into ``out`` (a view of the padded batch): the official rounding sequence
-        (/255, ×255, −mean, ÷std), in place, so no full-size temporaries (on a CPU the allocations of
-        temporaries cost as much as the arithmetic)."""
-        out.copy_(images_uint8_rgb.flip(-3))  # RGB -> BGR, converted to float by the copy
+    def _normalize_into(self, out: torch.Tensor, image_uint8_rgb: torch.Tensor) -> torch.Tensor:
+        """[3,H,W] uint8 RGB -> the official input (BGR, ToTensor()/255 then ×255 (TO_BGR255), Normalize),
+        written into ``out`` (a view of the padded batch) in the official rounding sequence, in place: no
+        full-size temporaries (on a CPU their allocations cost as much as the arithmetic)."""
+        out.copy_(image_uint8_rgb.flip(-3))  # RGB -> BGR, converted to float by the copy
         mean = self.pixel_mean.to(out.device).view(3, 1, 1)
         std = self.pixel_std.to(out.device).view(3, 1, 1)
         return out.div_(255.0).mul_(255.0).sub_(mean).div_(std)
