@@ -83,6 +83,7 @@ def _run(multi: Any, seconds: float) -> None:
             s.__enter__()
         wait_for(lambda: all(out.rx[c] for c in CAMERAS), 30, "answers on both cameras")
         time.sleep(1.0)  # settle
+        ta = time.monotonic()
         d0 = client.diagnostics()
         t0 = time.monotonic()
         rss: list[int] = []
@@ -91,6 +92,7 @@ def _run(multi: Any, seconds: float) -> None:
             rss.append(int(client.grounding_status()["process_rss_bytes"]))
         t1 = time.monotonic()
         d1 = client.diagnostics()
+        tb = time.monotonic()
     finally:
         for s in streams:
             s.__exit__(None, None, None)
@@ -101,10 +103,23 @@ def _run(multi: Any, seconds: float) -> None:
     rates = {c: n / (t1 - t0) for c, n in counts.items()}
     lo, hi = min(counts.values()), max(counts.values())
     print(f"\n[multicamera {seconds:.0f} s] answers {counts}, rates {rates}")
-    assert lo >= 0.8 * hi, f"unfair: {counts}"
+    # Round robin with one call at a time: the counts differ by about one answer whatever the pace (a ratio
+    # bound is fragile at the 7-8 answers a starved CI machine manages in the window); 2:1 starvation fails.
+    assert hi - lo <= max(2, 0.2 * hi), f"unfair: {counts}"
     # Liveness, not speed (speed is for benchmarks): both cameras keep being answered through the window.
     # A rate bound here failed under host contention (6 answers in 18 s on a starved 2-core machine).
-    assert lo >= 5, f"too few answers: {counts}"
+    assert lo >= 3, f"too few answers: {counts}"
+
+    # Bounded latency is relative to the model's own pace, not a wall-clock figure (an absolute 3 s bound
+    # failed in CI on a starved machine at ~1 s per model call: p95 3.1 s, with no backlog). Latest frame wins
+    # and one call at a time: a frame waits for the running call and the other camera's, then its own, so
+    # about (cameras + 1) calls; a queue of even a few frames per camera would exceed 1.5 times that.
+    # (ta, tb) encloses the two diagnostics snapshots, so the time per call is if anything overestimated.
+    grounding = "/glip_node: grounding"
+    calls = int(d1[grounding]["model_calls"]) - int(d0[grounding]["model_calls"])
+    call_ms = 1000.0 * (tb - ta) / max(1, calls)
+    latency_bound_ms = 1.5 * (len(CAMERAS) + 1) * call_ms + 500.0
+    print(f"[multicamera] {calls} model calls, {call_ms:.0f} ms each, p95 bound {latency_bound_ms:.0f} ms")
 
     for c in CAMERAS:
         s0, s1 = d0[f"/glip_node: camera {c}"], d1[f"/glip_node: camera {c}"]
@@ -117,7 +132,7 @@ def _run(multi: Any, seconds: float) -> None:
         )
         assert processed < received, "the model should be slower than 30 Hz here"
         assert dropped >= received - processed - 2, "frames never answered must be counted as dropped"
-        assert float(s1["latency_p95_ms"]) < 3000
+        assert float(s1["latency_p95_ms"]) < latency_bound_ms, (s1["latency_p95_ms"], latency_bound_ms)
 
         # latency does not grow: compare the first and last quarter of the window (test-side latency)
         lat = [r[2] for r in rx[c]]
