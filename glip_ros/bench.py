@@ -148,6 +148,12 @@ def _without_graphs(eng) -> Iterator[None]:
         eng.graphs = graphs
 
 
+def _sample_group_channels() -> int:
+    from .model import dyhead
+
+    return dyhead.SAMPLE_GROUP_CHANNELS
+
+
 def _write_json(path: str | None, res: dict[str, object], complete: bool) -> None:
     """The results so far: a run cut short by a time limit (a lent GPU's) still leaves what it measured."""
     if path:
@@ -163,6 +169,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if getattr(args, "sample_group_channels", None) is not None:
+        from .model import dyhead
+
+        dyhead.SAMPLE_GROUP_CHANNELS = args.sample_group_channels
     json_path = getattr(args, "json", None)  # partial results land there after each phase
     h, w = (int(x) for x in args.size.lower().split("x"))
     if args.checkpoint:  # trained weights: realistic score sparsity in post-processing
@@ -211,6 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "text_padding": args.text_padding,
         "cuda_graphs": eng.graphs is not None,
         "compile": args.compile,
+        "sample_group_channels": _sample_group_channels(),
     }
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
@@ -372,6 +383,7 @@ def table(res: dict[str, object]) -> str:
                 "phrases",
                 "cameras",
                 "compile",
+                "sample_group_channels",
             )
         )
         + f" chunks={res['chunks']}` on {res.get('gpu') or res.get('cpu')}",
@@ -448,6 +460,14 @@ def main(argv=None) -> int:
         help="torch.compile the fusion + DyHead tower (head) and also the backbone (all)",
     )
     ap.add_argument("--text-padding", default="tight", choices=["tight", "max"])
+    ap.add_argument(
+        "--sample-group-channels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="channels per grid_sample batch entry in the sampled DCN (default: the model's, 16; 0: no "
+        "split), to measure what the split buys",
+    )
     ap.add_argument("--checkpoint", help="benchmark these weights (default: random weights of --preset)")
     ap.add_argument(
         "--scenes", action="store_true", help="frames from the synthetic scene generator, not noise"

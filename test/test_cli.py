@@ -49,3 +49,25 @@ def test_detect_reports_bad_inputs_clearly(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr
     r = _run(str(img), "--query", " . , ", "--checkpoint", str(tmp_path / "nope.pth"), "--preset", "glip_t")
     assert r.returncode == 2
+
+
+def test_glip_bench_runs_both_paths_and_reports_the_dcn_split(tmp_path):
+    """glip-bench end to end on the small preset: both paths agree, counters say text is cached, and the
+    channel split of the DCN's sampling can be turned off for an A/B (both match the official-style path)."""
+    results = {}
+    for split in ("16", "0"):
+        out = tmp_path / f"bench_{split}.json"
+        r = subprocess.run(
+            [sys.executable, "-m", "glip_ros.bench", "--size", "96x128", "--runs", "2", "--warmup", "1"]
+            + ["--threads", "1", "--sample-group-channels", split, "--json", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        results[split] = json.loads(out.read_text())
+    for split, res in results.items():
+        assert res["complete"] and res["sample_group_channels"] == int(split)
+        assert res["cached"]["text_encodes_per_frame"] == 0
+        assert res["cached_vs_official_top20"]["matched"] == 20, res["cached_vs_official_top20"]

@@ -99,8 +99,7 @@ def deform_conv2d_sampled(
     # indexing with a Python list uploads the index from host memory, which a CUDA graph cannot capture.)
     off = offset.view(b, ntap, 2, ho, wo).flip(2).permute(0, 1, 3, 4, 2)
     grid = torch.addcmul(base, off, scale).view(b, ntap * ho, wo, 2)
-    cols = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    cols = cols.view(b, c, ntap, ho, wo)
+    cols = _sample_channel_groups(x, grid).view(b, c, ntap, ho, wo)
     low = _autocast_dtype(x.device.type)
     if low is not None:
         # The product will run in the autocast type: cast while applying the modulation (one pass, not two).
@@ -123,6 +122,32 @@ def deform_conv2d_sampled(
             torch.addmm(bias_col, w2d, cols[i], out=out[i])
         return out.view(b, -1, ho, wo)
     return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols).view(b, -1, ho, wo)
+
+
+# Channels per grid_sample batch entry in the sampled DCN (see _sample_channel_groups; 0: no split).
+SAMPLE_GROUP_CHANNELS = 16
+
+
+def _sample_channel_groups(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``grid_sample(x, grid)`` with the channels split into batch entries of SAMPLE_GROUP_CHANNELS.
+
+    Why: grid_sample's kernels (CUDA and CPU) spread the work over batch entries and output positions and
+    loop over the channels inside; a DCN samples 256 channels at 9 taps of few positions (693 threads at
+    GLIP-T's coarsest level on a GPU, one CPU thread per image). The split gives each group of channels its
+    own share of the work, reusing the one grid (a view for one image). Every output value is computed
+    exactly as before (bitwise equal, tested). On this 2-core CPU GLIP-T's head at 480x640 went from
+    1.03-1.10 s to 0.82-0.91 s; on a GPU it is not measured yet.
+    """
+    b, c, h, w = x.shape
+    k = SAMPLE_GROUP_CHANNELS
+    g = c // k if k > 0 and c % k == 0 else 1
+    if g <= 1:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grouped = grid.unsqueeze(1).expand(b, g, *grid.shape[1:]).flatten(0, 1)
+    out = F.grid_sample(
+        x.reshape(b * g, c // g, h, w), grouped, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return out.view(b, c, *out.shape[2:])
 
 
 def _base_grid(

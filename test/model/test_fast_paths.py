@@ -75,6 +75,34 @@ def test_sampled_deform_conv_equals_torchvision(stride, h, w, b):
     assert _rel(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("b,c", [(1, 32), (2, 48), (1, 20), (3, 16)])
+def test_channel_groups_sample_exactly_as_one_grid_sample(b, c):
+    """The sampled DCN splits the channels into batch entries of 16 (more parallel work per kernel): every
+    value bitwise as one grid_sample, gradients to the input likewise, to the grid up to summation order."""
+    import torch.nn.functional as F
+
+    from glip_ros.model.dyhead import SAMPLE_GROUP_CHANNELS, _sample_channel_groups
+
+    assert SAMPLE_GROUP_CHANNELS == 16
+    torch.manual_seed(b * c)
+    x = torch.randn(b, c, 7, 9, requires_grad=True)
+    grid = (torch.rand(b, 9 * 5, 6, 2) * 2.4 - 1.2).requires_grad_(True)  # some taps outside the image
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = _sample_channel_groups(x, grid)
+    assert torch.equal(out, ref)
+    up = torch.randn_like(ref)
+    gx_ref, gg_ref = torch.autograd.grad(ref, (x, grid), up)
+    gx, gg = torch.autograd.grad(out, (x, grid), up)
+    assert torch.equal(gx, gx_ref)
+    assert _rel(gg, gg_ref) < 1e-5
+    # and through the whole sampled DCN, against torchvision's op
+    xs, grid_shape = x.detach(), (b, 18, 7, 9)
+    offset, mask = torch.randn(grid_shape) * 3, torch.rand(b, 9, 7, 9)
+    weight, bias = torch.randn(6, c, 3, 3), torch.randn(6)
+    dcn_ref = deform_conv2d(xs, offset, weight, bias, padding=1, mask=mask)
+    assert _rel(deform_conv2d_sampled(xs, offset, mask, weight, bias, 1), dcn_ref) < 1e-5
+
+
 def test_sampled_deform_conv_reuses_its_grid_per_shape():
     from glip_ros.model import constants
 
