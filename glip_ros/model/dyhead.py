@@ -92,6 +92,18 @@ def deform_conv2d_sampled(
     """
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]
+    if b > 1 and x.device.type == "cpu" and not torch.is_grad_enabled() and not _is_compiling():
+        # CPU inference: one image at a time, so its 9x-sized columns stay in cache between the sampling,
+        # the modulation and the product. glip_tiny_test, 3 frames of 480x640 on this 2-core CPU, the head
+        # of the 3 frames: 40-42 ms frame by frame; batched, 42 ms with the DCN batched, 33-40 ms without.
+        return torch.cat(
+            [
+                deform_conv2d_sampled(
+                    x[i : i + 1], offset[i : i + 1], mask[i : i + 1], weight, bias, stride, padding
+                )
+                for i in range(b)
+            ]
+        )
     kh, kw = weight.shape[-2:]
     ntap = kh * kw
     base, scale = _base_grid(h, w, ho, wo, stride, padding, kh, kw, x.device)
@@ -112,15 +124,6 @@ def deform_conv2d_sampled(
     # The bias rides in the product (one pass over the output fewer than adding it afterwards).
     if b == 1:
         return torch.addmm(bias.view(-1, 1), w2d, cols[0]).view(1, -1, ho, wo)
-    if cols.device.type == "cpu" and not torch.is_grad_enabled() and not _is_compiling():
-        # Inference on CPU: one product per image into its slice of the output, 1.3x faster than the batched
-        # product with a broadcast weight (measured for GLIP-T's and the test presets' shapes). out= has no
-        # autograd, hence inference only.
-        out = torch.empty((b, w2d.shape[0], ho * wo), dtype=cols.dtype, device=cols.device)
-        bias_col, w2d = bias.view(-1, 1).to(cols.dtype), w2d.to(cols.dtype)
-        for i in range(b):
-            torch.addmm(bias_col, w2d, cols[i], out=out[i])
-        return out.view(b, -1, ho, wo)
     return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols).view(b, -1, ho, wo)
 
 
