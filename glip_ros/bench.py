@@ -37,6 +37,10 @@ def lvis_sized_phrases(n: int = 1203) -> list[str]:
     return names
 
 
+# The engine's own per-call timings (GroundingEngine.timings); "decode" (--decode) is timed here.
+ENGINE_STAGES = ("preprocess", "backbone", "head", "postprocess")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -95,6 +99,35 @@ def _count_ops(fn: Callable[[], None]) -> int:
         and e.name not in _NO_KERNEL
         and not any(c.name.startswith("aten::") for c in e.cpu_children)
     )
+
+
+def _camera_payloads(
+    frames: list[np.ndarray], decode: str
+) -> tuple[list[bytes], Callable[[bytes], np.ndarray]]:
+    """The frames as a camera driver publishes them, and the node's conversion back to the RGB array the
+    engine takes: ``bgr8`` (a raw sensor_msgs/Image buffer, the usual driver encoding) or ``jpeg``
+    (sensor_msgs/CompressedImage at quality 90). Both paths of the benchmark pay the same decode."""
+    from .ros.convert import compressed_to_rgb, image_to_rgb  # message-free helpers: no rclpy import
+
+    if decode == "bgr8":
+        h, w = frames[0].shape[:2]
+
+        def from_bgr8(p: bytes) -> np.ndarray:
+            return np.ascontiguousarray(image_to_rgb(p, h, w, "bgr8", w * 3))
+
+        return [np.ascontiguousarray(f[:, :, ::-1]).tobytes() for f in frames], from_bgr8
+    if decode == "jpeg":
+        import io
+
+        from PIL import Image
+
+        def to_jpeg(f: np.ndarray) -> bytes:
+            buf = io.BytesIO()
+            Image.fromarray(f).save(buf, format="JPEG", quality=90)
+            return buf.getvalue()
+
+        return [to_jpeg(f) for f in frames], lambda p: np.ascontiguousarray(compressed_to_rgb(p, "jpeg"))
+    raise ValueError(f"decode must be none, bgr8 or jpeg, got {decode!r}")
 
 
 def _copy(c):
@@ -175,6 +208,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         dyhead.SAMPLE_GROUP_CHANNELS = args.sample_group_channels
     json_path = getattr(args, "json", None)  # partial results land there after each phase
     h, w = (int(x) for x in args.size.lower().split("x"))
+    # --resize: frames of --size are resized to the checkpoint's test size as the node does (PIL, on the
+    # CPU); without it they go in as they are (-1 = the config's size, None = no resize).
+    rs = -1 if getattr(args, "resize", False) else None
     if args.checkpoint:  # trained weights: realistic score sparsity in post-processing
         from .model import load_checkpoint, read_checkpoint_config
 
@@ -186,8 +222,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         model,
         device=args.device,
         precision=args.precision,
-        min_size=None,
-        max_size=None,
+        min_size=rs,
+        max_size=rs,
         max_chunk_batch=args.chunk_batch,
         head_precision=args.head_precision,
         text_padding=args.text_padding,
@@ -209,6 +245,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             render_scene(np.random.default_rng(i), SceneSpec(width=w, height=h)).image
             for i in range(args.cameras)
         ]
+    decode = getattr(args, "decode", "none")
+    payloads: list[bytes] = []
+    if decode != "none":
+        payloads, decoder = _camera_payloads(frames, decode)
+        frames = [decoder(p) for p in payloads]  # what both paths see (JPEG is lossy)
+
+    def camera_frames() -> list[np.ndarray]:
+        return [decoder(p) for p in payloads] if payloads else frames
+
     cfg = model.config.head
     res: dict[str, object] = {
         "preset": model.config.name,
@@ -222,6 +267,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "cuda_graphs": eng.graphs is not None,
         "compile": args.compile,
         "sample_group_channels": _sample_group_channels(),
+        "decode": decode,
+        "resize": rs is not None,
     }
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
@@ -236,12 +283,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     res["text_encode_once_ms"] = 1000 * (time.perf_counter() - t0)
     res["chunks"] = q.num_chunks
 
-    stage_times: dict[str, list[float]] = {k: [] for k in ("preprocess", "backbone", "head", "postprocess")}
+    stage_times: dict[str, list[float]] = {k: [] for k in ENGINE_STAGES}
+    if payloads:
+        stage_times["decode"] = []
 
     def cached_once() -> None:
-        eng.detect(frames, q, score_threshold=0.3, min_size=None, max_size=None)
-        for k in stage_times:
+        t = time.perf_counter()
+        imgs = camera_frames()
+        decode_s = time.perf_counter() - t
+        eng.detect(imgs, q, score_threshold=0.3, min_size=rs, max_size=rs)
+        for k in ENGINE_STAGES:
             stage_times[k].append(eng.timings[k])
+        if payloads:
+            stage_times["decode"].append(decode_s)
 
     # The first calls of a new shape pay the one-off work (compilation, CUDA graph capture on the second).
     first = _timed(cached_once, device, 0, min(2, args.warmup))
@@ -261,7 +315,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.cameras > 1:
         # The same frames one camera at a time (still cached text), to show what batching buys.
         seq = _timed(
-            lambda: [eng.detect([f], q, score_threshold=0.3, min_size=None, max_size=None) for f in frames],
+            lambda: [
+                eng.detect([f], q, score_threshold=0.3, min_size=rs, max_size=rs) for f in camera_frames()
+            ],
             device,
             1,
             args.runs,
@@ -284,8 +340,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         model.use_reference_ops(True)  # the official operation order and torchvision's DCN
         official_result.clear()
         with torch.inference_mode(), eng.compiled.suspended():
-            for frame in frames:  # one camera at a time
-                batch, sizes, _ = model.preprocess([frame], None, None, device=device)
+            for frame in camera_frames():  # one camera at a time
+                batch, sizes, _ = model.preprocess([frame], rs, rs, device=device)
                 cands = []
                 for p in official_prompts:  # the whole model per chunk, text re-encoded every frame
                     text = model.encode_text(p.input_ids.to(device), p.attention_mask.to(device))
@@ -329,20 +385,20 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     # camera's frame (run in the measured batch: another batch size would mean new graphs or a compilation).
     saved_thresh, cfg.pre_nms_thresh = cfg.pre_nms_thresh, 0.0
     try:
-        ours = [_copy(c) for c in eng.candidates(frames, q, None, None)[0]]
+        ours = [_copy(c) for c in eng.candidates(frames, q, rs, rs)[0]]
         if not args.skip_official and len(official_prompts) == len(q.prompts):
             official_once()  # same chunks: the two paths must give the same boxes
             res["cached_vs_official_top20"] = compare_top(official_result[0], ours[0])
         if eng.graphs is not None:
             with _without_graphs(eng):
-                eager, _ = eng.candidates(frames, q, None, None)
+                eager, _ = eng.candidates(frames, q, rs, rs)
             res["graphs_vs_eager_top20"] = compare_top(eager[0], ours[0])
             res["graph_counters"] = dict(eng.graphs.counters)
         if eng.compiled.active:
             with _without_graphs(eng):
                 with eng.compiled.suspended():
-                    plain, _ = eng.candidates(frames, q, None, None)
-                compiled, _ = eng.candidates(frames, q, None, None)
+                    plain, _ = eng.candidates(frames, q, rs, rs)
+                compiled, _ = eng.candidates(frames, q, rs, rs)
             res["compiled_vs_eager_top20"] = compare_top(plain[0], compiled[0])
         res["compile_fallbacks"] = eng.counters["compile_fallbacks"]
     finally:
@@ -352,7 +408,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.flops:
         with torch.inference_mode(), eng.compiled.suspended():
             p = q.prompts[0]
-            batch, _, _ = model.preprocess(frames[:1], None, None, device=device)
+            batch, _, _ = model.preprocess(frames[:1], rs, rs, device=device)
             flops = {
                 "text": _flops(lambda: model.encode_text(p.input_ids.to(device), p.attention_mask.to(device)))
             }
@@ -367,7 +423,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 def table(res: dict[str, object]) -> str:
     c = res["cached"]
     rows = ["| stage | cached median ms | cached p95 ms |", "|---|---|---|"]
-    for k in ("preprocess", "backbone", "head", "postprocess", "end_to_end"):
+    for k in ("decode", *ENGINE_STAGES, "end_to_end"):
+        if k not in c:
+            continue
         rows.append(f"| {k} | {c[k]['median_ms']:.1f} | {c[k]['p95_ms']:.1f} |")
     lines = [
         "`"
@@ -384,6 +442,8 @@ def table(res: dict[str, object]) -> str:
                 "cameras",
                 "compile",
                 "sample_group_channels",
+                "decode",
+                "resize",
             )
         )
         + f" chunks={res['chunks']}` on {res.get('gpu') or res.get('cpu')}",
@@ -460,6 +520,19 @@ def main(argv=None) -> int:
         help="torch.compile the fusion + DyHead tower (head) and also the backbone (all)",
     )
     ap.add_argument("--text-padding", default="tight", choices=["tight", "max"])
+    ap.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize the --size frames to the checkpoint's test size (GLIP-T: shorter side 800) as the node "
+        "does; default: the frames go in as they are",
+    )
+    ap.add_argument(
+        "--decode",
+        default="none",
+        choices=["none", "bgr8", "jpeg"],
+        help="start each frame from a camera message: a raw bgr8 sensor_msgs/Image buffer or a JPEG "
+        "CompressedImage, converted as the node does (timed as the decode stage, in both paths)",
+    )
     ap.add_argument(
         "--sample-group-channels",
         type=int,

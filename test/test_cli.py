@@ -52,22 +52,29 @@ def test_detect_reports_bad_inputs_clearly(tmp_path):
 
 
 def test_glip_bench_runs_both_paths_and_reports_the_dcn_split(tmp_path):
-    """glip-bench end to end on the small preset: both paths agree, counters say text is cached, and the
-    channel split of the DCN's sampling can be turned off for an A/B (both match the official-style path)."""
+    """glip-bench end to end on the small preset: both paths agree, counters say text is cached; the channel
+    split of the DCN's sampling can be turned off for an A/B; frames can start as camera messages (JPEG,
+    decoded as the node does) at camera size (resized as the node does), both timed."""
+    runs = {"split": ["--sample-group-channels", "16"], "camera": ["--sample-group-channels", "0"]}
+    runs["camera"] += ["--decode", "jpeg", "--resize"]
     results = {}
-    for split in ("16", "0"):
-        out = tmp_path / f"bench_{split}.json"
+    for name, extra in runs.items():
+        out = tmp_path / f"bench_{name}.json"
         r = subprocess.run(
             [sys.executable, "-m", "glip_ros.bench", "--size", "96x128", "--runs", "2", "--warmup", "1"]
-            + ["--threads", "1", "--sample-group-channels", split, "--json", str(out)],
+            + ["--threads", "1", *extra, "--json", str(out)],
             cwd=REPO,
             capture_output=True,
             text=True,
             timeout=300,
         )
         assert r.returncode == 0, r.stderr
-        results[split] = json.loads(out.read_text())
-    for split, res in results.items():
-        assert res["complete"] and res["sample_group_channels"] == int(split)
-        assert res["cached"]["text_encodes_per_frame"] == 0
+        results[name] = res = json.loads(out.read_text())
+        assert res["complete"] and res["cached"]["text_encodes_per_frame"] == 0
         assert res["cached_vs_official_top20"]["matched"] == 20, res["cached_vs_official_top20"]
+    split, camera = results["split"], results["camera"]
+    assert split["sample_group_channels"] == 16 and camera["sample_group_channels"] == 0
+    assert split["decode"] == "none" and "decode" not in split["cached"] and not split["resize"]
+    assert camera["decode"] == "jpeg" and camera["cached"]["decode"]["median_ms"] > 0 and camera["resize"]
+    # resized to the preset's test size (shorter side 800): more work than the 96x128 frame as it is
+    assert camera["cached"]["preprocess"]["median_ms"] > split["cached"]["preprocess"]["median_ms"]
