@@ -113,7 +113,7 @@ def _camera_payloads(
         h, w = frames[0].shape[:2]
 
         def from_bgr8(p: bytes) -> np.ndarray:
-            return np.ascontiguousarray(image_to_rgb(p, h, w, "bgr8", w * 3))
+            return image_to_rgb(p, h, w, "bgr8", w * 3)  # a view, as the node passes it on
 
         return [np.ascontiguousarray(f[:, :, ::-1]).tobytes() for f in frames], from_bgr8
     if decode == "jpeg":
@@ -126,7 +126,7 @@ def _camera_payloads(
             Image.fromarray(f).save(buf, format="JPEG", quality=90)
             return buf.getvalue()
 
-        return [to_jpeg(f) for f in frames], lambda p: np.ascontiguousarray(compressed_to_rgb(p, "jpeg"))
+        return [to_jpeg(f) for f in frames], lambda p: compressed_to_rgb(p, "jpeg")
     raise ValueError(f"decode must be none, bgr8 or jpeg, got {decode!r}")
 
 

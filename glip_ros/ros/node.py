@@ -739,9 +739,9 @@ class GlipNode(LifecycleNode):
                 if self._engine is not engine:
                     return
                 self._model_calls += 1
-                results = engine.detect(
-                    [np.ascontiguousarray(f[2]) for f in frames], query.prepared, threshold
-                )
+                # The converted frames go in as they are (views of the message buffers where possible):
+                # preprocessing copies once, and reads a bgr8 image through its BGR buffer.
+                results = engine.detect([f[2] for f in frames], query.prepared, threshold)
             if self._publish(frames, results, query):
                 return
             # The query changed while the model ran: re-run these frames on the new query, unless a newer
@@ -851,7 +851,7 @@ class GlipNode(LifecycleNode):
                         return response
                     prepared, query_id = active.prepared, active.query_id
                 self._model_calls += 1
-                dets = engine.detect([np.ascontiguousarray(rgb)], prepared, min(threshold, 1.0))[0]
+                dets = engine.detect([rgb], prepared, min(threshold, 1.0))[0]
         except ValueError as exc:
             response.message = str(exc)
             self._bad_input("query_rejected", f"ground: {exc} (query: {_clip(text)})")

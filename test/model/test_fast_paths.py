@@ -222,6 +222,34 @@ def test_batched_preprocess_equals_official_per_image_transform():
         assert not padded.any()
 
 
+@pytest.mark.parametrize("resize", [False, True])
+def test_bgr_buffers_seen_as_rgb_preprocess_like_rgb_copies(resize):
+    """A bgr8 camera image reaches the engine as an RGB view of its BGR buffer (reversed channel stride; also
+    from bgra8 and from rows with step padding). Preprocessing reads the buffer itself instead of copying the
+    view: bitwise the same batch as from a contiguous RGB copy, resized (PIL) or not, and the buffer is not
+    modified."""
+    import numpy as np
+
+    model = build_model("glip_tiny_test")
+    rng = np.random.default_rng(7)
+    bgr = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    bgra = np.concatenate([bgr, rng.integers(0, 256, (90, 120, 1), dtype=np.uint8)], axis=2)
+    padded_rows = np.zeros((90, 120 * 3 + 5), np.uint8)
+    padded_rows[:, : 120 * 3] = bgr.reshape(90, -1)
+    views = [
+        bgr[:, :, ::-1],  # bgr8
+        bgra[:, :, 2::-1],  # bgra8
+        padded_rows[:, : 120 * 3].reshape(90, 120, 3)[:, :, ::-1],  # bgr8 with step > width * 3
+    ]
+    before = [bgr.copy(), bgra.copy(), padded_rows.copy()]
+    size = (200, 333) if resize else (None, None)
+    want, want_sizes, _ = model.preprocess([np.ascontiguousarray(bgr[:, :, ::-1])] * 3, *size)
+    got, got_sizes, _ = model.preprocess(views, *size)
+    assert got_sizes == want_sizes and torch.equal(got, want)
+    for buf, copy in zip((bgr, bgra, padded_rows), before, strict=True):
+        assert np.array_equal(buf, copy)
+
+
 def test_swin_shift_masks_are_kept_per_shape_and_serve_training():
     """The shifted-window masks are built once per frame size (not per frame) and, kept from an
     inference-mode call, still serve a training step of the same shape."""
