@@ -497,7 +497,7 @@ def table(res: dict[str, object]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="glip-bench", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="glip_tiny_test")
-    ap.add_argument("--size", default="480x640", help="HxW of the input frames (no resize)")
+    ap.add_argument("--size", default="480x640", help="HxW of the input frames (resized only with --resize)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--phrases", type=int, default=3, help="3 or an LVIS-sized count such as 1203")
