@@ -181,12 +181,6 @@ def _without_graphs(eng) -> Iterator[None]:
         eng.graphs = graphs
 
 
-def _sample_group_channels() -> int:
-    from .model import dyhead
-
-    return dyhead.SAMPLE_GROUP_CHANNELS
-
-
 def _write_json(path: str | None, res: dict[str, object], complete: bool) -> None:
     """The results so far: a run cut short by a time limit (a lent GPU's) still leaves what it measured."""
     if path:
@@ -196,15 +190,13 @@ def _write_json(path: str | None, res: dict[str, object], complete: bool) -> Non
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     from .engine import GroundingEngine
-    from .model import build_model
+    from .model import build_model, dyhead
     from .postprocess import Candidates, Row, head_candidates, select_candidates
     from .prompt import build_prompts
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    if getattr(args, "sample_group_channels", None) is not None:
-        from .model import dyhead
-
+    if getattr(args, "sample_group_channels", None) is not None:  # this process only (a CLI run)
         dyhead.SAMPLE_GROUP_CHANNELS = args.sample_group_channels
     json_path = getattr(args, "json", None)  # partial results land there after each phase
     h, w = (int(x) for x in args.size.lower().split("x"))
@@ -266,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "text_padding": args.text_padding,
         "cuda_graphs": eng.graphs is not None,
         "compile": args.compile,
-        "sample_group_channels": _sample_group_channels(),
+        "sample_group_channels": dyhead.SAMPLE_GROUP_CHANNELS,
         "decode": decode,
         "resize": rs is not None,
     }
