@@ -4,8 +4,9 @@ Why: with a cached query, most of a GPU frame is element-wise passes over 22k lo
 (GroupNorm, DyReLU, the scale-aware mean, the modulation and casts around the deformable convolutions'
 bilinear sampling), each of which reads and writes the whole activation. Inductor fuses them into a few
 kernels, and samples, modulates and casts the deformable convolutions' columns in one pass. The matrix
-products stay on cuBLAS. Off by default: the first frame pays a compilation (tens of seconds or more), which
-a camera stream amortises and a one-off call does not; and it is not yet measured on a GPU.
+products stay on cuBLAS. Off by default: on an H100 it made GLIP-T frames about 20% faster (30.6 -> 25.1 ms,
+docs/BENCHMARKS.md), but the first frame compiled for 73-108 s there, which a long-running stream amortises
+and a node restarted often does not.
 
 Each DyHead tower layer (and optionally the backbone) is compiled as its own graph; the six layers of a
 tower share one compiled graph (same code, parameters passed as inputs). Shapes follow torch's automatic

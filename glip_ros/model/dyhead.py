@@ -239,12 +239,13 @@ class DYReLU(nn.Module):
             nn.Linear(inp // reduction, oup * 4),
             HSigmoid(),
         )
-        # The fc output y holds [a1 | b1 | a2 | b2]; the coefficients are one affine map of it (lambda_a = 2):
-        # a1 = (y - 0.5) * 2 + 1 = 2y, b1 = y - 0.5, a2 = 2y - 1, b2 = y - 0.5. Not in the state dict.
-        one = torch.ones(oup)
+        # The fc output y holds [a1 | b1 | a2 | b2]; the coefficients are one affine map of it, derived from
+        # the official expressions: a1 = (y - 0.5) * lambda_a + 1, b1 = y - 0.5, a2 = (y - 0.5) * lambda_a,
+        # b2 = y - 0.5 (with lambda_a = 2: 2y, y - 0.5, 2y - 1, y - 0.5). Not in the state dict.
+        one, lam = torch.ones(oup), self.lambda_a
         scale, shift = (
-            torch.cat((2 * one, one, 2 * one, one)),
-            torch.cat((0 * one, -0.5 * one, -one, -0.5 * one)),
+            torch.cat((lam * one, one, lam * one, one)),
+            torch.cat(((1 - 0.5 * lam) * one, -0.5 * one, -0.5 * lam * one, -0.5 * one)),
         )
         self.register_buffer("coef_scale", scale, persistent=False)
         self.register_buffer("coef_shift", shift, persistent=False)
