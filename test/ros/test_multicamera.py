@@ -115,11 +115,14 @@ def _run(multi: Any, seconds: float) -> None:
     # and one call at a time: a frame waits for the running call and the other camera's, then its own, so
     # about (cameras + 1) calls; a queue of even a few frames per camera would exceed 1.5 times that.
     # (ta, tb) encloses the two diagnostics snapshots, so the time per call is if anything overestimated.
+    # The median is bounded, not the p95: one host stall of a second in the window (CI: p50 70 ms, p95
+    # 1.19 s at 140 ms per call, no backlog) sets the tail; a queue moves the median. That unanswered frames
+    # are dropped, not queued, is the dropped-count check below; a growing queue, the quarter check.
     grounding = "/glip_node: grounding"
     calls = int(d1[grounding]["model_calls"]) - int(d0[grounding]["model_calls"])
     call_ms = 1000.0 * (tb - ta) / max(1, calls)
     latency_bound_ms = 1.5 * (len(CAMERAS) + 1) * call_ms + 500.0
-    print(f"[multicamera] {calls} model calls, {call_ms:.0f} ms each, p95 bound {latency_bound_ms:.0f} ms")
+    print(f"[multicamera] {calls} model calls, {call_ms:.0f} ms each, p50 bound {latency_bound_ms:.0f} ms")
 
     for c in CAMERAS:
         s0, s1 = d0[f"/glip_node: camera {c}"], d1[f"/glip_node: camera {c}"]
@@ -132,7 +135,7 @@ def _run(multi: Any, seconds: float) -> None:
         )
         assert processed < received, "the model should be slower than 30 Hz here"
         assert dropped >= received - processed - 2, "frames never answered must be counted as dropped"
-        assert float(s1["latency_p95_ms"]) < latency_bound_ms, (s1["latency_p95_ms"], latency_bound_ms)
+        assert float(s1["latency_p50_ms"]) < latency_bound_ms, (s1["latency_p50_ms"], latency_bound_ms)
 
         # latency does not grow: compare the first and last quarter of the window (test-side latency)
         lat = [r[2] for r in rx[c]]
