@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from .cpu_memory import keep_freed_memory
+
 
 def lvis_sized_phrases(n: int = 1203) -> list[str]:
     """``n`` distinct 1–3-word names from the BERT vocabulary: an LVIS-sized prompt (LVIS's own names are not
@@ -261,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "sample_group_channels": dyhead.SAMPLE_GROUP_CHANNELS,
         "decode": decode,
         "resize": rs is not None,
+        "malloc": getattr(args, "malloc", "default"),
     }
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
@@ -436,6 +439,7 @@ def table(res: dict[str, object]) -> str:
                 "sample_group_channels",
                 "decode",
                 "resize",
+                "malloc",
             )
         )
         + f" chunks={res['chunks']}` on {res.get('gpu') or res.get('cpu')}",
@@ -538,6 +542,13 @@ def main(argv=None) -> int:
         "--scenes", action="store_true", help="frames from the synthetic scene generator, not noise"
     )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument(
+        "--malloc",
+        default="keep",
+        choices=["keep", "default"],
+        help="keep: glibc keeps freed memory for reuse as the node and CLIs do (glip_ros.cpu_memory); "
+        "default: glibc's own policy (large blocks unmapped at every free)",
+    )
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--flops", action="store_true")
     ap.add_argument(
@@ -548,6 +559,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.malloc == "keep":
+        print(keep_freed_memory()[1], flush=True)
     res = run(args)
     print(table(res), flush=True)
     _write_json(args.json, res, complete=True)

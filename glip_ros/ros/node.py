@@ -42,6 +42,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from glip_ros.cpu_memory import keep_freed_memory
 from glip_ros.ros.convert import (
     ImageConversionError,
     check_imgmsg,
@@ -155,6 +156,10 @@ class GlipNode(LifecycleNode):
             self.declare_parameter(spec.name, spec.default, spec.descriptor())
             self._param_types[spec.name] = Parameter.Type.from_parameter_value(spec.default)
         self._param_types["cameras"] = Parameter.Type.STRING_ARRAY
+        self._malloc_note = "glibc default (keep_freed_memory: false)"
+        if self.param("keep_freed_memory"):
+            applied, self._malloc_note = keep_freed_memory()
+            (self.get_logger().info if applied else self.get_logger().warning)(f"malloc: {self._malloc_note}")
 
         self._engine: Any = None
         self._engine_lock = threading.Lock()  # one model call / query encode at a time
@@ -915,6 +920,7 @@ class GlipNode(LifecycleNode):
             except Exception:  # noqa: BLE001
                 values["device_memory_bytes"] = -1
         values["process_rss_bytes"] = _rss_bytes()
+        values["malloc"] = self._malloc_note
         for kind in BAD_INPUT_KINDS:
             values[f"bad_input.{kind}"] = self._bad.get(kind, 0)
         main.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

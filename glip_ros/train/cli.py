@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from glip_ros.cpu_memory import keep_freed_memory
+
 __all__ = ["train_main", "eval_main", "generate_main"]
 
 log = logging.getLogger("glip_ros.train")
@@ -92,6 +94,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from .datasets import DatasetError
     from .trainer import Trainer, load_train_config
 
+    log.info("malloc: %s", keep_freed_memory()[1])
     ov = list(args.overrides)
     if args.device:
         ov.append(f"device={args.device}")
@@ -150,6 +153,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     from glip_ros.eval.evaluate import evaluate_coco, evaluate_grounding, load_model, save_json
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # many frames of similar sizes: reuse their buffers (glip_ros.cpu_memory)
     model = load_model(args.checkpoint, args.device)
     if args.task == "coco":
         names = [n.strip() for n in args.names.split(",")] if args.names else None

@@ -7,6 +7,7 @@ talk to it from this process through topics, services and the parameter services
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
 from typing import Any
@@ -148,6 +149,8 @@ def test_detections_carry_the_frame_header_and_phrases(glip, outputs: Outputs) -
             assert len(res.phrase_indices) == len(res.detections.detections)
             for idx, det in zip(res.phrase_indices, res.detections.detections, strict=True):
                 assert ["red circle", "blue square"][idx] == det.results[0].hypothesis.class_id
+    if platform.libc_ver()[0] == "glibc":  # keep_freed_memory: true (default) took effect, and says so
+        assert client.grounding_status()["malloc"].startswith("freed memory kept for reuse")
     assert node.alive()
 
 
