@@ -544,7 +544,7 @@ class GroundingEngine:
             prompts,
             t,
             matrix,
-            matrix.bfloat16(),
+            matrix.neg().bfloat16(),
             norms.amax(dim=1),
             token_span(indices),
             stack_index(indices, self.device),
@@ -576,7 +576,7 @@ class _AlignmentGroup:
     prompts: list[Prompt]
     t: int  # token columns per chunk (the group's longest chunk)
     matrix: torch.Tensor  # [C+1, G*T] fp32: visual queries (with a column of ones) @ matrix = logits
-    matrix_bf16: torch.Tensor  # the same in bf16, for the location bound
+    neg_matrix_bf16: torch.Tensor  # its negation in bf16, for the location bound (see bound_peaks)
     col_norm: torch.Tensor  # [G] largest column norm of each chunk's real tokens
     span: tuple[int, int]  # token columns any phrase uses
     index: tuple  # postprocess.stack_index of the chunks' phrase indices
@@ -611,10 +611,28 @@ class _AlignmentBound:
             return [torch.arange(q.shape[1], device=dev) for q in self.queries]
         out = []
         for q, n in zip(self.queries, self.norms, strict=True):
-            peak = torch.mm(q[image], group.matrix_bf16).view(-1, g, t)[:, :, lo:hi].amax(dim=-1).float()
+            neg = torch.mm(q[image], group.neg_matrix_bf16).view(-1, g, t)[:, :, lo:hi]
+            peak = bound_peaks(neg)
             keep = (peak + n[image][:, None] * group.col_norm[None, :] / 64 >= self.logit_min).any(dim=1)
             out.append(torch.nonzero(keep).squeeze(1))
         return out
+
+
+def bound_peaks(neg_logits: torch.Tensor) -> torch.Tensor:
+    """From bf16 negated logits, per row (last dim) an fp32 upper bound of the largest logit: the largest
+    logit itself where every logit is negative (where candidates are rare), +inf where one is >= 0.
+
+    Why negated, and int16: the CPU's bf16 amax widens every element to fp32 on its way, and was most of the
+    location bound's cost (4.2 ms for the 38k x 252 peaks of a 1,203-phrase query's finest level on this
+    2-core machine); one int16 reduction takes 0.9 ms. As int16, a negative logit's negation (a positive bf16)
+    orders as its magnitude does, and a non-negative logit's negation has the sign bit set, so it lies below
+    all of those: a row's smallest int16 is its largest logit's negation when every logit is negative, and
+    is negative otherwise. The bound keeps a location whenever +inf is returned, so it stays a superset.
+    """
+    if neg_logits.device.type != "cpu":
+        return -neg_logits.amin(dim=-1).float()
+    bits = neg_logits.view(torch.int16).amin(dim=-1)
+    return torch.where(bits < 0, math.inf, -bits.view(torch.bfloat16).float())
 
 
 @contextlib.contextmanager

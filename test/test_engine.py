@@ -143,3 +143,27 @@ def test_bf16_location_bound_is_exact_without_early_fusion():
     full = eng.detect(FRAMES[:2], q, score_threshold=0.0)
     for a, b in zip(pruned, full, strict=True):
         assert a and _key(a) == _key(b)
+
+
+def test_bound_peaks_from_int16_patterns_are_the_bf16_peaks_or_inf():
+    """The location bound's CPU peaks (one int16 reduction of the negated logits): where every logit of a row
+    is negative, bitwise the bf16 amax; where one is >= 0 (+0.0 included), +inf (the location is kept). Rows
+    of both kinds, -0.0, -inf, a strided slice as the bound takes it."""
+    from glip_ros.engine import bound_peaks
+
+    torch.manual_seed(0)
+    logits = torch.randn(300, 4 * 40).bfloat16()
+    logits[::3] -= 6.0  # rows where (nearly) every logit is negative
+    logits[::7] = -logits[::7].abs() - 0.01  # every logit negative
+    logits[::5, :6] = -0.0
+    logits[1::5] = -0.0  # a row of -0.0: its peak is -0.0, negative as a pattern, not >= +0.0
+    logits[2::11] = float("-inf")
+    logits[4::17, 2] = float("-inf")
+    logits[6::19, 30] = 0.0
+    view = logits.view(-1, 4, 40)[:, :, 1:37]
+    got, peak = bound_peaks(view.neg()), view.amax(dim=-1).float()
+    assert got.dtype == torch.float32 and got.shape == peak.shape == (300, 4)
+    negative = (view.view(torch.int16) < 0).all(dim=-1)  # every pattern has its sign bit: logit < 0 or -0.0
+    assert negative.any() and not negative.all()
+    assert torch.equal(got[negative], peak[negative])
+    assert torch.isinf(got[~negative]).all() and (got[~negative] > 0).all()
