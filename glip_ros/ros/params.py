@@ -120,7 +120,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "precision",
         "fp32",
-        "Inference precision. fp16/bf16 only make sense on a GPU.",
+        "Precision of Swin + FPN (and of the head with head_precision auto): fp32, fp16 (CUDA only), bf16 "
+        "(GPUs; also CPUs with bf16 matrix units: GLIP-T's backbone 2.5x faster on an AMX Xeon).",
         applies="configure",
         choices=("fp32", "fp16", "bf16"),
     ),
