@@ -200,6 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     device = torch.device(args.device)
     if getattr(args, "sample_group_channels", None) is not None:  # this process only (a CLI run)
         dyhead.SAMPLE_GROUP_CHANNELS = args.sample_group_channels
+    if getattr(args, "deform_impl", None):  # likewise: the cached path's DCN (official: torchvision's)
+        dyhead.DEFAULT_DEFORM_IMPL = args.deform_impl
     json_path = getattr(args, "json", None)  # partial results land there after each phase
     h, w = (int(x) for x in args.size.lower().split("x"))
     # --resize: frames of --size are resized to the checkpoint's test size as the node does (PIL, on the
@@ -261,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "cuda_graphs": eng.graphs is not None,
         "compile": args.compile,
         "sample_group_channels": dyhead.SAMPLE_GROUP_CHANNELS,
+        "deform_impl": dyhead.DEFAULT_DEFORM_IMPL,
         "decode": decode,
         "resize": rs is not None,
         "malloc": getattr(args, "malloc", "default"),
@@ -437,6 +440,7 @@ def table(res: dict[str, object]) -> str:
                 "cameras",
                 "compile",
                 "sample_group_channels",
+                "deform_impl",
                 "decode",
                 "resize",
                 "malloc",
@@ -536,6 +540,13 @@ def main(argv=None) -> int:
         metavar="N",
         help="channels per grid_sample batch entry in the sampled DCN (default: the model's, 16; 0: no "
         "split), to measure what the split buys",
+    )
+    ap.add_argument(
+        "--deform-impl",
+        default=None,
+        choices=["sample", "gather"],
+        help="the cached path's deformable convolution: sample (default: grid_sample + modulation + product) "
+        "or gather (one weighted gather of the modulated columns + product; dyhead.deform_conv2d_gathered)",
     )
     ap.add_argument("--checkpoint", help="benchmark these weights (default: random weights of --preset)")
     ap.add_argument(

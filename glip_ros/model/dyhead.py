@@ -29,18 +29,24 @@ class HSigmoid(nn.Module):
         return h_sigmoid(x, self.reference)
 
 
+# The fast path's deformable convolution ("sample" or "gather", see ModulatedDeformConv): what new modules
+# and GLIPModel.use_reference_ops(False) select. A process-wide setting for measurements (glip-bench).
+DEFAULT_DEFORM_IMPL = "sample"
+
+
 class ModulatedDeformConv(nn.Module):
     """DCNv2 with maskrcnn_benchmark's parameter names (``weight``, ``bias``).
 
     ``impl``: "sample" (default; :func:`deform_conv2d_sampled`: the same function from stock PyTorch ops,
     which CUDA graphs can capture, whose matrix product can run in reduced precision under autocast, and
-    which measured 2.3x faster on CPU) or "torchvision" (``torchvision.ops.deform_conv2d``, fp32 as the
-    official op)."""
+    which measured 2.3x faster on CPU), "gather" (:func:`deform_conv2d_gathered`: the same function again,
+    the modulation folded into the sampling; a GPU candidate, slower on CPU) or "torchvision"
+    (``torchvision.ops.deform_conv2d``, fp32 as the official op)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.stride = stride
-        self.impl = "sample"
+        self.impl = DEFAULT_DEFORM_IMPL
         self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
         self.bias = nn.Parameter(torch.zeros(cout))
         nn.init.normal_(self.weight, 0, 0.01)
@@ -59,6 +65,9 @@ class ModulatedDeformConv(nn.Module):
             out = deform_conv2d_sampled(
                 x.float(), offset.float(), mask.float(), self.weight, self.bias, self.stride
             )
+            return out.to(dtype)
+        if self.impl == "gather":
+            out = deform_conv2d_gathered(x, offset.float(), mask.float(), self.weight, self.bias, self.stride)
             return out.to(dtype)
         # The official op runs in fp32 (custom_fwd(cast_inputs=float32)).
         out = deform_conv2d(
@@ -127,6 +136,83 @@ def deform_conv2d_sampled(
     return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols).view(b, -1, ho, wo)
 
 
+def deform_conv2d_gathered(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    stride: int,
+    padding: int = 1,
+) -> torch.Tensor:
+    """Modulated deformable 3x3 convolution as one weighted gather (``embedding_bag``) + one matrix product.
+
+    Why: in :func:`deform_conv2d_sampled` the columns (9 x C values per output location) are written by
+    grid_sample, read and written again by the modulation, then read by the product; grid_sample's kernel
+    also loops over the channels inside each output position. Here each column row is one "bag" of the
+    four bilinear corners of a tap, weighted by corner weight x mask, read from the input in channels-last
+    layout (a location's channels are contiguous): the columns are written once, already modulated, and
+    the index arithmetic is over 9 x 4 values per location, not 9 x C. Pixel coordinates and the zero
+    outside the image as the official kernel (``dmcn_im2col_bilinear``). The sampling runs in fp32, or in
+    the autocast type when autocast is on (the gathered values are then rounded once, as the sampled form
+    rounds its modulated columns).
+    """
+    b, c, h, w = x.shape
+    ho, wo = offset.shape[-2:]
+    kh, kw = weight.shape[-2:]
+    ntap = kh * kw
+    low = _autocast_dtype(x.device.type)
+    table_dtype = low if low is not None else torch.float32
+    base, corners, limits = _gather_constants(h, w, ho, wo, stride, padding, kh, kw, x.device)
+    # [b, Ho, Wo, taps, 2] sample positions (row, column) in input pixels
+    pos = base + offset.view(b, ntap, 2, ho, wo).permute(0, 3, 4, 1, 2)
+    top = pos.floor()
+    frac = (pos - top).unsqueeze(-2)  # [b, Ho, Wo, taps, 1, 2]
+    at = top.unsqueeze(-2) + corners  # [b, Ho, Wo, taps, 4, 2]: the four corners (row, column)
+    inside = ((at >= 0) & (at < limits)).all(dim=-1)
+    # corner weight: frac along an axis where the corner is the far one, 1 - frac where it is the near one
+    weights = torch.where(corners.bool(), frac, 1 - frac).prod(dim=-1)
+    weights = (weights * mask.view(b, ntap, ho, wo).permute(0, 2, 3, 1).unsqueeze(-1)) * inside
+    index = torch.where(inside, at[..., 0] * w + at[..., 1], 0.0).long()  # exact in fp32 below 2^24 pixels
+    if b > 1:
+        index = index + (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1, 1)
+    table = x.permute(0, 2, 3, 1).reshape(b * h * w, c).to(table_dtype)
+    cols = F.embedding_bag(
+        index.view(-1, 4), table, mode="sum", per_sample_weights=weights.view(-1, 4).to(table_dtype)
+    ).view(b, ho * wo, ntap * c)
+    # weight in the columns' (tap, channel) order; the bias rides in the product
+    w2d = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], ntap * c)
+    if b == 1:
+        return torch.addmm(bias.view(-1, 1), w2d, cols[0].t()).view(1, -1, ho, wo)
+    return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols.transpose(1, 2)).view(b, -1, ho, wo)
+
+
+def _gather_constants(
+    h: int, w: int, ho: int, wo: int, stride: int, padding: int, kh: int, kw: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per shape (constants.py): the zero-offset sample positions [1, Ho, Wo, taps, 2] in pixels (row,
+    column), the four corner steps [4, 2] and the input size (rows, columns) as a [2] tensor."""
+    key = ("dcn_gather", str(device), h, w, ho, wo, stride, padding, kh, kw)
+
+    def make() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ky = torch.arange(kh, device=device, dtype=torch.float32).repeat_interleave(kw)
+        kx = torch.arange(kw, device=device, dtype=torch.float32).repeat(kh)
+        ys = torch.arange(ho, device=device, dtype=torch.float32) * stride - padding
+        xs = torch.arange(wo, device=device, dtype=torch.float32) * stride - padding
+        rows = (ys.view(ho, 1, 1) + ky.view(1, 1, -1)).expand(ho, wo, kh * kw)
+        cols = (xs.view(1, wo, 1) + kx.view(1, 1, -1)).expand(ho, wo, kh * kw)
+        base = torch.stack((rows, cols), dim=-1).unsqueeze(0)
+        corners = torch.zeros(4, 2, device=device)
+        corners[2:, 0].fill_(1.0)  # (0, 0), (0, 1), (1, 0), (1, 1); filled on the device (graph capture)
+        corners[1::2, 1].fill_(1.0)
+        limits = torch.empty(2, device=device)
+        limits[0].fill_(float(h))
+        limits[1].fill_(float(w))
+        return base, corners, limits
+
+    return shape_constant(key, device, make)
+
+
 # Channels per grid_sample batch entry in the sampled DCN (see _sample_channel_groups; 0: no split).
 SAMPLE_GROUP_CHANNELS = 16
 
@@ -191,8 +277,8 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 def set_deform_impl(module: nn.Module, impl: str) -> None:
     """Select the deformable-convolution implementation of every DCN in ``module``."""
-    if impl not in ("torchvision", "sample"):
-        raise ValueError(f"deform impl must be 'torchvision' or 'sample', got {impl!r}")
+    if impl not in ("torchvision", "sample", "gather"):
+        raise ValueError(f"deform impl must be 'torchvision', 'sample' or 'gather', got {impl!r}")
     for m in module.modules():
         if isinstance(m, ModulatedDeformConv):
             m.impl = impl

@@ -149,6 +149,7 @@ class GLIPModel(nn.Module):
         deformable convolution, DyHead's stacked mean and DyReLU as written). Off (default): the factored
         fusion, the sampled deformable convolution and fewer passes in DyHead, the same functions up to
         float reassociation with fewer FLOPs and memory passes (see fusion.py, dyhead.py)."""
+        from . import dyhead
         from .dyhead import DyConv, DYReLU, HSigmoid, set_deform_impl
         from .fusion import BiMultiHeadAttention
 
@@ -157,7 +158,7 @@ class GLIPModel(nn.Module):
                 m.factored = not on
             elif isinstance(m, (DyConv, DYReLU, HSigmoid)):
                 m.reference = on
-        set_deform_impl(self, "torchvision" if on else "sample")
+        set_deform_impl(self, "torchvision" if on else dyhead.DEFAULT_DEFORM_IMPL)
         return self
 
     def forward_head(self, features: list[torch.Tensor], text: TextFeatures) -> HeadOutputs:

@@ -9,7 +9,7 @@ import torch
 from torchvision.ops import deform_conv2d
 
 from glip_ros.model import build_model
-from glip_ros.model.dyhead import deform_conv2d_sampled
+from glip_ros.model.dyhead import deform_conv2d_gathered, deform_conv2d_sampled
 from glip_ros.model.fusion import BiMultiHeadAttention
 
 
@@ -75,6 +75,92 @@ def test_sampled_deform_conv_equals_torchvision(stride, h, w, b):
     assert _rel(out, ref) < 1e-5
     with torch.inference_mode():  # CPU inference takes one image at a time
         assert _rel(deform_conv2d_sampled(x, offset, mask, weight, bias, stride), ref) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "stride,h,w,b",
+    [
+        (1, 23, 31, 2),
+        (2, 23, 31, 2),
+        (2, 24, 32, 1),
+        (1, 1, 1, 2),
+        (1, 3, 5, 3),
+        (2, 7, 11, 2),
+        (1, 9, 13, 1),
+    ],
+)
+def test_gathered_deform_conv_equals_torchvision(stride, h, w, b):
+    """The gathered DCN (corner weights x mask in one embedding_bag): torchvision's function, including
+    samples exactly one pixel out, far out, on the last row/column, and every image of a batch."""
+    torch.manual_seed(h * w + stride + b)
+    x = torch.randn(b, 8, h, w)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    offset = torch.randn(b, 18, ho, wo) * 3
+    offset[0, 0, 0, 0] = -1.0  # tap 0 of the first location: exactly one pixel out (row and column)
+    offset[0, 1, 0, 0] = -1.0
+    offset[0, 16, -1, -1] = 1.0  # tap 8 of the last location: exactly on the row past the last
+    offset[-1, 4:6] = 1e4  # far outside the image
+    offset[-1, 6:8] = 0.5  # between pixels
+    mask = torch.rand(b, 9, ho, wo)
+    weight, bias = torch.randn(6, 8, 3, 3), torch.randn(6)
+    ref = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
+    out = deform_conv2d_gathered(x, offset, mask, weight, bias, stride)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) < 1e-5
+    for i in range(b):  # batch offsets: image i reads only image i
+        one = deform_conv2d_gathered(x[i : i + 1], offset[i : i + 1], mask[i : i + 1], weight, bias, stride)
+        assert _rel(one, ref[i : i + 1]) < 1e-5
+
+
+def test_gathered_deform_conv_gradients_match_torchvision():
+    """Training can run the gathered form: gradients to input, offsets, mask, weight and bias."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 8, 9, 11)
+    offset = torch.randn(2, 18, 9, 11) * 2 + 0.3  # off the integer grid (floor has no gradient there)
+    mask, weight, bias = torch.rand(2, 9, 9, 11), torch.randn(5, 8, 3, 3), torch.randn(5)
+    up = torch.randn(2, 5, 9, 11)
+    grads = []
+    for fn in ("torchvision", "gather"):
+        leaves = [t.clone().requires_grad_(True) for t in (x, offset, mask, weight, bias)]
+        xi, oi, mi, wi, bi = leaves
+        if fn == "torchvision":
+            out = deform_conv2d(xi, oi, wi, bi, padding=1, mask=mi)
+        else:
+            out = deform_conv2d_gathered(xi, oi, mi, wi, bi, 1)
+        grads.append(torch.autograd.grad(out, leaves, up))
+    for g_ref, g in zip(*grads, strict=True):
+        assert _rel(g, g_ref) < 1e-4
+
+
+def test_gathered_deform_conv_under_bf16_autocast_and_as_the_module_impl():
+    """Under autocast the gather and the product run in bf16 (close to fp32, not equal); set_deform_impl
+    selects it for every DCN of a model, whose head then matches the default impl."""
+    from glip_ros.model.dyhead import set_deform_impl
+
+    torch.manual_seed(4)
+    x, offset, mask = torch.randn(1, 16, 12, 10), torch.randn(1, 18, 12, 10) * 2, torch.rand(1, 9, 12, 10)
+    weight, bias = torch.randn(8, 16, 3, 3) * 0.1, torch.randn(8)
+    ref = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = deform_conv2d_gathered(x, offset, mask, weight, bias, 1)
+    assert low.dtype == torch.bfloat16
+    assert 0 < _rel(low.float(), ref) < 3e-2
+
+    model = build_model("glip_tiny_test").eval()
+    head, lang = model.rpn.head, model.config.language
+    sizes = [(32, 40), (16, 20), (8, 10), (4, 5), (2, 3)]  # as the FPN's levels (P6, P7: stride-2 convs)
+    feats = [torch.randn(1, model.config.fpn_channels, h, w) for h, w in sizes]
+    from glip_ros.model.language import TextFeatures
+
+    hidden = torch.randn(1, 6, lang.hidden_size)
+    text = TextFeatures(hidden=hidden, embedded=hidden, masks=torch.ones(1, 6, dtype=torch.long))
+    with torch.no_grad():
+        default = head.run_tower(feats, text)[0]
+        set_deform_impl(model, "gather")
+        gathered = head.run_tower(feats, text)[0]
+        set_deform_impl(model, "sample")
+    for a, b in zip(gathered, default, strict=True):
+        assert _rel(a, b) < 1e-4
 
 
 @pytest.mark.parametrize("b,c", [(1, 32), (2, 48), (1, 20), (3, 16)])
