@@ -544,9 +544,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--deform-impl",
         default=None,
-        choices=["sample", "gather"],
-        help="the cached path's deformable convolution: sample (default: grid_sample + modulation + product) "
-        "or gather (one weighted gather of the modulated columns + product; dyhead.deform_conv2d_gathered)",
+        choices=["auto", "sample", "gather"],
+        help="the cached path's deformable convolution: sample (grid_sample + modulation + product), gather "
+        "(one weighted gather of the modulated columns + product; dyhead.deform_conv2d_gathered) or auto "
+        "(default: sample, gather in a graph compiled for a CPU)",
     )
     ap.add_argument("--checkpoint", help="benchmark these weights (default: random weights of --preset)")
     ap.add_argument(

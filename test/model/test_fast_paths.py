@@ -158,7 +158,7 @@ def test_gathered_deform_conv_under_bf16_autocast_and_as_the_module_impl():
         default = head.run_tower(feats, text)[0]
         set_deform_impl(model, "gather")
         gathered = head.run_tower(feats, text)[0]
-        set_deform_impl(model, "sample")
+        set_deform_impl(model, "auto")
     for a, b in zip(gathered, default, strict=True):
         assert _rel(a, b) < 1e-4
 
@@ -356,3 +356,27 @@ def test_swin_shift_masks_are_kept_per_shape_and_serve_training():
     assert all(torch.equal(a, b) for a, b in zip(first, fresh, strict=True))
     sum(f.square().sum() for f in model.encode_image(x)).backward()  # cache filled under inference mode
     assert model.backbone.body.layers[0].blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_auto_deform_impl_gathers_only_in_a_graph_compiled_for_a_cpu(monkeypatch):
+    """ "auto" (the default) runs the sampled form eagerly and the gathered one while traced for a CPU
+    (where the compiled gather measured faster and the eager gather slower); both give the same values."""
+    from glip_ros.model import dyhead
+
+    conv = dyhead.ModulatedDeformConv(4, 5, 1)
+    assert conv.impl == "auto"
+    calls: list[str] = []
+    for name in ("deform_conv2d_sampled", "deform_conv2d_gathered"):
+        real = getattr(dyhead, name)
+        monkeypatch.setattr(
+            dyhead, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
+    x, offset, mask = torch.randn(1, 4, 6, 7), torch.randn(1, 18, 6, 7), torch.rand(1, 9, 6, 7)
+    with torch.no_grad():
+        eager = conv(x, offset, mask)
+        monkeypatch.setattr(dyhead, "_is_compiling", lambda: True)
+        traced = conv(x, offset, mask)
+    assert calls == ["deform_conv2d_sampled", "deform_conv2d_gathered"]
+    assert _rel(traced, eager) < 1e-5
+    with pytest.raises(ValueError, match="deform impl"):
+        dyhead.set_deform_impl(conv, "fast")
