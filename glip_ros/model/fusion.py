@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .constants import is_compiling
+
 __all__ = ["BiMultiHeadAttention", "BiAttentionBlock", "VLFuse", "BertEncoderLayer"]
 
 _CLAMP = 50000.0  # official: "do not increase 50000, data type half has quite limited range"
@@ -167,12 +169,26 @@ class VLFuse(nn.Module):
         bs = visual[0].shape[0]
         flat = torch.cat([f.flatten(2).transpose(1, 2) for f in visual], dim=1)  # permute_and_flatten, A=1
         new_v, new_l = self.b_attn(flat, hidden, masks)
-        new_v = new_v.transpose(1, 2).contiguous()
         out, start = [], 0
-        for h, w in sizes:
-            out.append(new_v[:, :, start : start + h * w].view(bs, -1, h, w).contiguous())
+        for h, w in sizes:  # each level's rows straight to channels-first: one copy, not two
+            out.append(channels_first(new_v[:, start : start + h * w]).view(bs, -1, h, w))
             start += h * w
         return out, new_l
+
+
+def channels_first(x: torch.Tensor) -> torch.Tensor:
+    """[B, N, C] -> contiguous [B, C, N].
+
+    Why not ``x.transpose(1, 2).contiguous()`` on a CPU: a transposed 3-D copy takes the generic strided
+    path (6.7 ms for GLIP-T's 6400 x 256 fusion output at 480x640 on 2 cores, six per frame), a 2-D one
+    torch's blocked transpose (1.8 ms). Without gradients only (the copy into a fresh tensor is not
+    recorded as the function of ``x``)."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or is_compiling():
+        return x.transpose(1, 2).contiguous()
+    out = x.new_empty(x.shape[0], x.shape[2], x.shape[1])
+    for i in range(x.shape[0]):
+        out[i].copy_(x[i].t())
+    return out
 
 
 class _SelfAttention(nn.Module):

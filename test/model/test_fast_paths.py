@@ -380,3 +380,19 @@ def test_auto_deform_impl_gathers_only_in_a_graph_compiled_for_a_cpu(monkeypatch
     assert _rel(traced, eager) < 1e-5
     with pytest.raises(ValueError, match="deform impl"):
         dyhead.set_deform_impl(conv, "fast")
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_channels_first_copies_exactly(b):
+    """The fusion's output back to channels-first levels: the CPU's per-image 2-D transposed copy is the
+    same tensor as the generic one, with and without gradients."""
+    from glip_ros.model.fusion import channels_first
+
+    x = torch.randn(b, 37, 24)
+    want = x.transpose(1, 2).contiguous()
+    with torch.no_grad():
+        got = channels_first(x)
+    assert got.is_contiguous() and torch.equal(got, want)
+    xg = x.clone().requires_grad_(True)
+    channels_first(xg).sum().backward()
+    assert torch.equal(xg.grad, torch.ones_like(x))
