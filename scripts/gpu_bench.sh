@@ -25,7 +25,7 @@ declare -A RUNS=(
   [t_bf16tf32_3p_1cam]="$S --precision bf16 --head-precision tf32 --phrases 3 --cameras 1 --runs 20"
   [t_bf16tf32_3p_1cam_nosplit]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official --sample-group-channels 0"
   [t_bf16tf32_3p_1cam_gather]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official --deform-impl gather"
-  [t_bf16auto_3p_1cam_compile_gather]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile head --skip-official --deform-impl gather"
+  [t_bf16auto_3p_1cam_compile_gather]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile head --deform-impl gather"
   [t_bf16tf32_3p_720p_bgr8]="--preset glip_t --size 720x1280 --resize --decode bgr8 --device cuda --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official"
   [t_bf16tf32_3p_720p_jpeg]="--preset glip_t --size 720x1280 --resize --decode jpeg --device cuda --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official"
   [t_bf16tf32_3p_4cam]="$S --precision bf16 --head-precision tf32 --phrases 3 --cameras 4 --runs 10"
@@ -39,15 +39,17 @@ declare -A RUNS=(
   [t_bf16tf32_3p_1cam_eager]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --no-cuda-graphs --skip-official"
   [t_bf16tf32_3p_4cam_compile]="$S --precision bf16 --head-precision tf32 --phrases 3 --cameras 4 --runs 10 --compile head"
 )
-# The issue's measurement first, uncompiled (each run 20-45 s on an H100, about 3 minutes together): fp32 and
-# bf16 baselines (and the DCN's sampling without its channel split, to see what the split buys, and the
-# gathered DCN, to see whether it beats the sampled one), 4 cameras,
-# 1,203 phrases, GLIP-T (A), a 720p bgr8 camera frame resized as the node does; then the two compiled runs (compilation alone takes
-# 75-110 s each). From its runs' times measured one by one on an H100 (2026-11-27), about 7 minutes; a run
-# that does not fit in TOTAL is cut or skipped and said. Not in it (ONLY=...): the profiled, compile-all,
-# no-graphs and 4-camera compiled runs (the last did not finish in 105 s there), the compiled gathered DCN.
-DEFAULT="t_fp32_3p_1cam t_bf16tf32_3p_1cam t_bf16tf32_3p_1cam_nosplit t_bf16tf32_3p_1cam_gather t_bf16tf32_3p_4cam t_bf16auto_1203p_1cam ta_bf16tf32_3p_1cam
-  ta_bf16tf32_1203p_1cam t_bf16tf32_3p_720p_bgr8 t_bf16auto_3p_1cam_compile t_bf16auto_1203p_1cam_compile"
+# The issue's measurement first, uncompiled (each run 20-60 s on an H100): fp32 and bf16 baselines, 4 cameras,
+# 1,203 phrases; then the A/Bs of the head's deformable convolution: the gathered form eager (CUDA graphs),
+# the compiled head with the sampled form (the best 3-phrase figure so far) and with the gathered form (on a
+# CPU, compiled, the gathered form made GLIP-T's head 1.5x faster than the compiled sampled one), 75-110 s of
+# compilation each; then the channel split's A/B, GLIP-T (A) and a 720p bgr8 camera frame resized as the node
+# does, as far as TOTAL allows (from the runs' times measured one by one on an H100, the first seven take
+# about 7 minutes). Not in it (ONLY=...): the profiled, compile-all, no-graphs, 4-camera compiled and
+# 1,203-phrase compiled runs (the last two measured at d3b0727).
+DEFAULT="t_fp32_3p_1cam t_bf16tf32_3p_1cam t_bf16tf32_3p_4cam t_bf16auto_1203p_1cam t_bf16tf32_3p_1cam_gather
+  t_bf16auto_3p_1cam_compile t_bf16auto_3p_1cam_compile_gather t_bf16tf32_3p_1cam_nosplit ta_bf16tf32_3p_1cam
+  ta_bf16tf32_1203p_1cam t_bf16tf32_3p_720p_bgr8"
 # TOTAL (seconds, default 450): the whole call ends within it, whatever compilation costs: each run gets at
 # most the time left (and RUN_TIMEOUT), and a run with under 30 s left is skipped (said in the output).
 TOTAL=${TOTAL:-450}
