@@ -44,8 +44,8 @@ declare -A RUNS=(
 # the compiled head with the sampled form (the best 3-phrase figure so far) and with the gathered form (on a
 # CPU, compiled, the gathered form made GLIP-T's head 1.5x faster than the compiled sampled one), 75-110 s of
 # compilation each; then the channel split's A/B, GLIP-T (A) and a 720p bgr8 camera frame resized as the node
-# does, as far as TOTAL allows (from the runs' times measured one by one on an H100, the first seven take
-# about 7 minutes). Not in it (ONLY=...): the profiled, compile-all, no-graphs, 4-camera compiled and
+# does, as far as TOTAL allows (estimated from the runs' times measured on an H100, the first seven take
+# about 6 minutes). Not in it (ONLY=...): the profiled, compile-all, no-graphs, 4-camera compiled and
 # 1,203-phrase compiled runs (the last two measured at d3b0727).
 DEFAULT="t_fp32_3p_1cam t_bf16tf32_3p_1cam t_bf16tf32_3p_4cam t_bf16auto_1203p_1cam t_bf16tf32_3p_1cam_gather
   t_bf16auto_3p_1cam_compile t_bf16auto_3p_1cam_compile_gather t_bf16tf32_3p_1cam_nosplit ta_bf16tf32_3p_1cam
