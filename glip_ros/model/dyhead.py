@@ -174,22 +174,32 @@ def deform_conv2d_gathered(
     ntap = kh * kw
     low = _autocast_dtype(x.device.type)
     table_dtype = low if low is not None else torch.float32
-    base, corners, limits = _gather_constants(h, w, ho, wo, stride, padding, kh, kw, x.device)
+    base, lo, hi, corners = _gather_constants(h, w, ho, wo, stride, padding, kh, kw, x.device)
+    # The input in channels-last layout with a zero border (one row/column before, two after), and sample
+    # positions clamped to [-1, size]: a corner outside the image reads a zero, and a sample at or beyond one
+    # pixel out of the image is zero whatever its clamped position (its corners are all border), as the
+    # official kernel's (h_im <= -1 || h_im >= height) rule; no masks to build.
+    wp = w + 3
+    table = x.new_zeros((b, h + 3, wp, c), dtype=table_dtype)
+    table[:, 1 : h + 1, 1 : w + 1] = x.permute(0, 2, 3, 1)
     # [b, Ho, Wo, taps, 2] sample positions (row, column) in input pixels
-    pos = base + offset.view(b, ntap, 2, ho, wo).permute(0, 3, 4, 1, 2)
+    pos = torch.clamp(base + offset.view(b, ntap, 2, ho, wo).permute(0, 3, 4, 1, 2), lo, hi)
     top = pos.floor()
-    frac = (pos - top).unsqueeze(-2)  # [b, Ho, Wo, taps, 1, 2]
-    at = top.unsqueeze(-2) + corners  # [b, Ho, Wo, taps, 4, 2]: the four corners (row, column)
-    inside = ((at >= 0) & (at < limits)).all(dim=-1)
-    # corner weight: frac along an axis where the corner is the far one, 1 - frac where it is the near one
-    weights = torch.where(corners.bool(), frac, 1 - frac).prod(dim=-1)
-    weights = (weights * mask.view(b, ntap, ho, wo).permute(0, 2, 3, 1).unsqueeze(-1)) * inside
-    index = torch.where(inside, at[..., 0] * w + at[..., 1], 0.0).long()  # exact in fp32 below 2^24 pixels
+    frac = pos - top
+    # row-major index of the top-left corner in the bordered table (the +1 border shift is in ``corners``),
+    # then the four corners; exact in fp32 below 2^24 table rows
+    index = (torch.add(top[..., 1], top[..., 0], alpha=wp).unsqueeze(-1) + corners).long()
+    # corner weights (1 - fy, fy) x (1 - fx, fx), times the mask
+    near_far = torch.stack((1 - frac, frac), dim=-1)  # [b, Ho, Wo, taps, 2 (axis), 2 (near, far)]
+    m = mask.view(b, ntap, ho, wo).permute(0, 2, 3, 1)
+    weights = (near_far[..., 0, :, None] * m[..., None, None]) * near_far[..., 1, None, :]
     if b > 1:
-        index = index + (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1, 1)
-    table = x.permute(0, 2, 3, 1).reshape(b * h * w, c).to(table_dtype)
+        index = index + (torch.arange(b, device=x.device) * ((h + 3) * wp)).view(b, 1, 1, 1, 1)
     cols = F.embedding_bag(
-        index.view(-1, 4), table, mode="sum", per_sample_weights=weights.view(-1, 4).to(table_dtype)
+        index.view(-1, 4),
+        table.view(-1, c),
+        mode="sum",
+        per_sample_weights=weights.view(-1, 4).to(table_dtype),
     ).view(b, ho * wo, ntap * c)
     # weight in the columns' (tap, channel) order; the bias rides in the product
     w2d = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], ntap * c)
@@ -200,12 +210,13 @@ def deform_conv2d_gathered(
 
 def _gather_constants(
     h: int, w: int, ho: int, wo: int, stride: int, padding: int, kh: int, kw: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per shape (constants.py): the zero-offset sample positions [1, Ho, Wo, taps, 2] in pixels (row,
-    column), the four corner steps [4, 2] and the input size (rows, columns) as a [2] tensor."""
+    column), the clamp bounds (-1, -1) and (h, w), and the four corners' index steps in the bordered table
+    (top-left, top-right, bottom-left, bottom-right, with the border's shift)."""
     key = ("dcn_gather", str(device), h, w, ho, wo, stride, padding, kh, kw)
 
-    def make() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def make() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         ky = torch.arange(kh, device=device, dtype=torch.float32).repeat_interleave(kw)
         kx = torch.arange(kw, device=device, dtype=torch.float32).repeat(kh)
         ys = torch.arange(ho, device=device, dtype=torch.float32) * stride - padding
@@ -213,13 +224,15 @@ def _gather_constants(
         rows = (ys.view(ho, 1, 1) + ky.view(1, 1, -1)).expand(ho, wo, kh * kw)
         cols = (xs.view(1, wo, 1) + kx.view(1, 1, -1)).expand(ho, wo, kh * kw)
         base = torch.stack((rows, cols), dim=-1).unsqueeze(0)
-        corners = torch.zeros(4, 2, device=device)
-        corners[2:, 0].fill_(1.0)  # (0, 0), (0, 1), (1, 0), (1, 1); filled on the device (graph capture)
-        corners[1::2, 1].fill_(1.0)
-        limits = torch.empty(2, device=device)
-        limits[0].fill_(float(h))
-        limits[1].fill_(float(w))
-        return base, corners, limits
+        # filled on the device (no tensor from host data, which a CUDA graph capture cannot copy)
+        lo = torch.full((2,), -1.0, device=device)
+        hi = torch.empty(2, device=device)
+        hi[0].fill_(float(h))
+        hi[1].fill_(float(w))
+        wp = w + 3
+        corners = torch.arange(4, device=device, dtype=torch.float32)  # 0, 1, 2, 3 -> 0, 1, wp, wp + 1
+        corners = corners.remainder(2) + corners.div(2, rounding_mode="floor") * wp + (wp + 1)
+        return base, lo, hi, corners
 
     return shape_constant(key, device, make)
 
