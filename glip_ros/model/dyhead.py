@@ -180,8 +180,7 @@ def deform_conv2d_gathered(
     # pixel out of the image is zero whatever its clamped position (its corners are all border), as the
     # official kernel's (h_im <= -1 || h_im >= height) rule; no masks to build.
     wp = w + 3
-    table = x.new_zeros((b, h + 3, wp, c), dtype=table_dtype)
-    table[:, 1 : h + 1, 1 : w + 1] = x.permute(0, 2, 3, 1)
+    table = F.pad(x.permute(0, 2, 3, 1).to(table_dtype), (0, 0, 1, 2, 1, 2))  # [b, h + 3, w + 3, c]
     # [b, Ho, Wo, taps, 2] sample positions (row, column) in input pixels
     pos = torch.clamp(base + offset.view(b, ntap, 2, ho, wo).permute(0, 3, 4, 1, 2), lo, hi)
     top = pos.floor()
