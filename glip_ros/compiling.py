@@ -9,8 +9,9 @@ docs/BENCHMARKS.md), but the first frame compiled for 73-108 s there, which a lo
 and a node restarted often does not.
 
 On a CPU the compiled head uses the gathered deformable convolution (``dyhead.ModulatedDeformConv``'s
-"auto"): compiled, it made GLIP-T's head 1.19x faster than eager at 480x640 on 2 cores (547 vs 649 ms,
-after 48 s of compilation), where the compiled sampled form was slower than eager (835 ms).
+"auto"): compiled, GLIP-T's head at 480x640 on 2 cores took 568-572 ms against 593-598 eager, after 32-48 s
+of compilation (5 s with inductor's on-disk cache warm, i.e. a restart with the same code and shapes);
+the compiled sampled form was slower than eager there (835 ms).
 
 Each DyHead tower layer (and optionally the backbone) is compiled as its own graph; the six layers of a
 tower share one compiled graph (same code, parameters passed as inputs). Shapes follow torch's automatic

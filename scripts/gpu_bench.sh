@@ -42,7 +42,7 @@ declare -A RUNS=(
 # The issue's measurement first, uncompiled (each run 20-60 s on an H100): fp32 and bf16 baselines, 4 cameras,
 # 1,203 phrases; then the A/Bs of the head's deformable convolution: the gathered form eager (CUDA graphs),
 # the compiled head with the sampled form (the best 3-phrase figure so far) and with the gathered form (on a
-# CPU, compiled, the gathered form made GLIP-T's head 1.5x faster than the compiled sampled one), 75-110 s of
+# CPU, compiled, the gathered form made GLIP-T's head 1.46x faster than the compiled sampled one), 75-110 s of
 # compilation each; then the channel split's A/B, GLIP-T (A) and a 720p bgr8 camera frame resized as the node
 # does, as far as TOTAL allows (estimated from the runs' times measured on an H100, the first seven take
 # about 6 minutes). Not in it (ONLY=...): the profiled, compile-all, no-graphs, 4-camera compiled and

@@ -43,7 +43,7 @@ class ModulatedDeformConv(nn.Module):
     2.3x faster on CPU than torchvision's), "gather" (:func:`deform_conv2d_gathered`: the same function
     again, the modulation folded into one weighted gather), "auto" (default: "sample", except in a graph
     compiled for a CPU, where "gather" measured faster: GLIP-T's compiled head at 480x640 on a 2-core CPU
-    547 vs 835 ms, and 649 ms eager; eager, "gather" is the slower one there) or "torchvision"
+    568-572 vs 835 ms; eager there, "sample" is the faster, 593-598 vs 626-639 ms) or "torchvision"
     (``torchvision.ops.deform_conv2d``, fp32 as the official op)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
