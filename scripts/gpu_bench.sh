@@ -47,8 +47,8 @@ declare -A RUNS=(
 # compilation each; the compiled sampled run again in a new process (its first call: a restart's cost with
 # inductor's on-disk cache warm); then the channel split's A/B, GLIP-T (A) and a 720p bgr8 camera frame
 # resized as the node does, as far as TOTAL allows (estimated from the runs' times measured on an H100, the
-# first eight take about 6.5 minutes). Not in it (ONLY=...): the profiled, compile-all, no-graphs, 4-camera compiled and
-# 1,203-phrase compiled runs (the last two measured at d3b0727).
+# first eight take about 6.5 minutes). Not in it (ONLY=...): the profiled, compile-all, no-graphs,
+# 4-camera compiled and 1,203-phrase compiled runs (the last two measured at d3b0727).
 DEFAULT="t_fp32_3p_1cam t_bf16tf32_3p_1cam t_bf16tf32_3p_4cam t_bf16auto_1203p_1cam t_bf16tf32_3p_1cam_gather
   t_bf16auto_3p_1cam_compile t_bf16auto_3p_1cam_compile_gather t_bf16auto_3p_1cam_compile_again
   t_bf16tf32_3p_1cam_nosplit ta_bf16tf32_3p_1cam ta_bf16tf32_1203p_1cam t_bf16tf32_3p_720p_bgr8"
