@@ -139,9 +139,17 @@ def deform_conv2d_sampled(
         cols = cols.mul_(mask.view(b, 1, ntap, ho, wo))
     else:
         cols = cols * mask.view(b, 1, ntap, ho, wo)
-    cols = cols.view(b, c * ntap, ho * wo)
-    w2d = weight.reshape(weight.shape[0], -1)
-    # The bias rides in the product (one pass over the output fewer than adding it afterwards).
+    return _columns_product(
+        weight.reshape(weight.shape[0], -1), cols.view(b, c * ntap, ho * wo), bias, ho, wo
+    )
+
+
+def _columns_product(
+    w2d: torch.Tensor, cols: torch.Tensor, bias: torch.Tensor, ho: int, wo: int
+) -> torch.Tensor:
+    """[Cout, K] weight x [B, K, Ho*Wo] columns (a transposed view is fine) + bias -> [B, Cout, Ho, Wo]. The
+    bias rides in the product (one pass over the output fewer than adding it afterwards)."""
+    b = cols.shape[0]
     if b == 1:
         return torch.addmm(bias.view(-1, 1), w2d, cols[0]).view(1, -1, ho, wo)
     return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols).view(b, -1, ho, wo)
@@ -200,11 +208,9 @@ def deform_conv2d_gathered(
         mode="sum",
         per_sample_weights=weights.view(-1, 4).to(table_dtype),
     ).view(b, ho * wo, ntap * c)
-    # weight in the columns' (tap, channel) order; the bias rides in the product
+    # the weight in the columns' (tap, channel) order; the columns' rows are the output locations
     w2d = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], ntap * c)
-    if b == 1:
-        return torch.addmm(bias.view(-1, 1), w2d, cols[0].t()).view(1, -1, ho, wo)
-    return torch.baddbmm(bias.view(1, -1, 1), w2d.expand(b, -1, -1), cols.transpose(1, 2)).view(b, -1, ho, wo)
+    return _columns_product(w2d, cols.transpose(1, 2), bias, ho, wo)
 
 
 def _gather_constants(

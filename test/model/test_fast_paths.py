@@ -47,36 +47,7 @@ def test_factored_fusion_gradients_match_reference():
     assert _rel(grads[1], grads[0]) < 1e-4
 
 
-@pytest.mark.parametrize(
-    "stride,h,w,b",
-    [
-        (1, 23, 31, 2),
-        (2, 23, 31, 2),
-        (2, 24, 32, 2),
-        (1, 1, 1, 2),
-        (1, 3, 5, 2),
-        (2, 7, 11, 2),
-        (1, 9, 13, 1),
-    ],
-)
-def test_sampled_deform_conv_equals_torchvision(stride, h, w, b):
-    torch.manual_seed(h * w + stride)
-    x = torch.randn(b, 8, h, w)
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    offset = torch.randn(b, 18, ho, wo) * 3
-    offset[0, 0, 0, 0] = -1.0  # exactly one pixel out: zero contribution in both
-    offset[0, 1, 0, 0] = -1.0
-    offset[-1, 4:6] = 1e4  # far outside the image
-    mask = torch.rand(b, 9, ho, wo)
-    weight, bias = torch.randn(6, 8, 3, 3), torch.randn(6)
-    ref = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
-    out = deform_conv2d_sampled(x, offset, mask, weight, bias, stride)
-    assert out.shape == ref.shape
-    assert _rel(out, ref) < 1e-5
-    with torch.inference_mode():  # CPU inference takes one image at a time
-        assert _rel(deform_conv2d_sampled(x, offset, mask, weight, bias, stride), ref) < 1e-5
-
-
+@pytest.mark.parametrize("form", [deform_conv2d_sampled, deform_conv2d_gathered], ids=["sampled", "gathered"])
 @pytest.mark.parametrize(
     "stride,h,w,b",
     [
@@ -89,9 +60,10 @@ def test_sampled_deform_conv_equals_torchvision(stride, h, w, b):
         (1, 9, 13, 1),
     ],
 )
-def test_gathered_deform_conv_equals_torchvision(stride, h, w, b):
-    """The gathered DCN (corner weights x mask in one embedding_bag): torchvision's function, including
-    samples exactly one pixel out, far out, on the last row/column, and every image of a batch."""
+def test_deform_conv_forms_equal_torchvision(form, stride, h, w, b):
+    """The sampled (grid_sample) and gathered (embedding_bag) DCNs compute torchvision's function,
+    including samples exactly one pixel out, on the row past the last, far out, between pixels; batched,
+    one image at a time, and under inference mode (CPU inference takes one image at a time there)."""
     torch.manual_seed(h * w + stride + b)
     x = torch.randn(b, 8, h, w)
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
@@ -104,12 +76,16 @@ def test_gathered_deform_conv_equals_torchvision(stride, h, w, b):
     mask = torch.rand(b, 9, ho, wo)
     weight, bias = torch.randn(6, 8, 3, 3), torch.randn(6)
     ref = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
-    out = deform_conv2d_gathered(x, offset, mask, weight, bias, stride)
+    out = form(x, offset, mask, weight, bias, stride)
     assert out.shape == ref.shape
     assert _rel(out, ref) < 1e-5
-    for i in range(b):  # batch offsets: image i reads only image i
-        one = deform_conv2d_gathered(x[i : i + 1], offset[i : i + 1], mask[i : i + 1], weight, bias, stride)
-        assert _rel(one, ref[i : i + 1]) < 1e-5
+    for i in range(b):  # image i reads only image i
+        assert (
+            _rel(form(x[i : i + 1], offset[i : i + 1], mask[i : i + 1], weight, bias, stride), ref[i : i + 1])
+            < 1e-5
+        )
+    with torch.inference_mode():
+        assert _rel(form(x, offset, mask, weight, bias, stride), ref) < 1e-5
 
 
 def test_gathered_deform_conv_gradients_match_torchvision():
