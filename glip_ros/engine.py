@@ -619,8 +619,9 @@ class _AlignmentBound:
 
 
 def bound_peaks(neg_logits: torch.Tensor) -> torch.Tensor:
-    """From bf16 negated logits, per row (last dim) an fp32 upper bound of the largest logit: the largest
-    logit itself where every logit is negative (where candidates are rare), +inf where one is >= 0.
+    """From bf16 negated logits, per row (last dim) an fp32 upper bound of the largest logit: on a CPU the
+    largest logit itself where every logit is negative (where candidates are rare), +inf where one is >= 0;
+    elsewhere the largest logit.
 
     Why negated, and int16: the CPU's bf16 amax widens every element to fp32 on its way, and was most of the
     location bound's cost (4.2 ms for the 38k x 252 peaks of a 1,203-phrase query's finest level on this

@@ -173,8 +173,8 @@ def deform_conv2d_gathered(
     layout (a location's channels are contiguous): the columns are written once, already modulated, and
     the index arithmetic is over 9 x 4 values per location, not 9 x C. Pixel coordinates and the zero
     outside the image as the official kernel (``dmcn_im2col_bilinear``). The sampling runs in fp32, or in
-    the autocast type when autocast is on (the gathered values are then rounded once, as the sampled form
-    rounds its modulated columns).
+    the autocast type when autocast is on: then the input, the corner weights and the columns are in that
+    type (positions stay fp32), where the sampled form rounds only its modulated columns.
     """
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]
