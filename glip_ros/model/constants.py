@@ -24,19 +24,23 @@ _CACHE: dict[Hashable, object] = {}
 is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
 
-def shape_constant(key: Hashable, device: torch.device, make: Callable[[], T]) -> T:
-    """``make()``'s result for ``key`` (which must name everything it depends on, device included)."""
+def shape_constant(
+    key: Hashable, device: torch.device, make: Callable[[], T], store: dict[Hashable, object] | None = None
+) -> T:
+    """``make()``'s result for ``key`` (which must name everything it depends on, device included), kept in
+    ``store`` (a module's own, for values that also depend on its state) or in the process-wide cache."""
     if is_compiling():
         return make()
-    hit = _CACHE.get(key)
+    cache = _CACHE if store is None else store
+    hit = cache.get(key)
     if hit is not None:
         return hit  # type: ignore[return-value]
     with torch.inference_mode(False):
         value = make()
     if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        if len(_CACHE) >= _MAX:
-            _CACHE.clear()
-        _CACHE[key] = value
+        if len(cache) >= _MAX:
+            cache.clear()
+        cache[key] = value
     return value
 
 

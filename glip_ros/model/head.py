@@ -181,8 +181,11 @@ class AnchorGenerator(nn.Module):
         if len(sizes) != len(strides):
             raise ValueError("anchor sizes and strides must have the same length")
         self.strides = tuple(strides)
-        self.sizes = tuple(sizes)
         self.cell_anchors = _BufferList([cell_anchor(s, z) for s, z in zip(strides, sizes, strict=False)])
+        # Anchors kept per frame size; they depend on the cell anchors, which a checkpoint loads (in place)
+        # and .to() replaces, so they are this module's own and dropped when those change.
+        self._grids: dict = {}
+        self._grids_stamp: tuple = ()
 
     def grid(self, level: int, h: int, w: int, device: torch.device) -> torch.Tensor:
         s = self.strides[level]
@@ -195,11 +198,15 @@ class AnchorGenerator(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per level [H*W, 4] anchors: the same for every frame of a size, so kept (constants.py)."""
+        stamp = tuple((b.data_ptr(), b._version) for b in self.cell_anchors._buffers.values())
+        if stamp != self._grids_stamp:
+            self._grids, self._grids_stamp = {}, stamp
         return [
             shape_constant(
-                ("anchors", str(f.device), self.strides[i], self.sizes[i], f.shape[-2], f.shape[-1]),
+                (str(f.device), i, f.shape[-2], f.shape[-1]),
                 f.device,
                 lambda i=i, f=f: self.grid(i, f.shape[-2], f.shape[-1], f.device),
+                store=self._grids,
             )
             for i, f in enumerate(feats)
         ]

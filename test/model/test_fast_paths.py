@@ -372,3 +372,21 @@ def test_channels_first_copies_exactly(b):
     xg = x.clone().requires_grad_(True)
     channels_first(xg).sum().backward()
     assert torch.equal(xg.grad, torch.ones_like(x))
+
+
+def test_kept_anchors_follow_the_cell_anchors_a_checkpoint_loads():
+    """Anchors are kept per frame size, per model: a second model whose (loaded) cell anchors differ gets
+    its own, and loading new cell anchors in place drops the kept ones."""
+    from glip_ros.model.head import AnchorGenerator
+
+    feats = [torch.zeros(1, 4, 6, 8), torch.zeros(1, 4, 3, 4)]
+    a, b = AnchorGenerator((32, 64), (8, 16)), AnchorGenerator((32, 64), (8, 16))
+    first = a(feats)
+    assert all(x is y for x, y in zip(first, a(feats), strict=True))  # kept
+    shifted = {k: v + 1.0 for k, v in b.state_dict().items()}
+    b.load_state_dict(shifted)  # in place, as a checkpoint load
+    for x, y in zip(first, b(feats), strict=True):
+        assert torch.equal(y, x + 1.0)
+    a.load_state_dict(shifted)
+    for x, y in zip(first, a(feats), strict=True):
+        assert torch.equal(y, x + 1.0)
