@@ -190,7 +190,29 @@ def _write_json(path: str | None, res: dict[str, object], complete: bool) -> Non
             json.dump({**res, "complete": complete}, f, indent=1)
 
 
+@contextlib.contextmanager
+def _dcn_settings(args: argparse.Namespace) -> Iterator[None]:
+    """--sample-group-channels and --deform-impl (the cached path's DCN; the official path's is torchvision's)
+    are dyhead's module settings: set for the run, restored after it."""
+    from .model import dyhead
+
+    saved = dyhead.SAMPLE_GROUP_CHANNELS, dyhead.DEFAULT_DEFORM_IMPL
+    if getattr(args, "sample_group_channels", None) is not None:
+        dyhead.SAMPLE_GROUP_CHANNELS = args.sample_group_channels
+    if getattr(args, "deform_impl", None):
+        dyhead.DEFAULT_DEFORM_IMPL = args.deform_impl
+    try:
+        yield
+    finally:
+        dyhead.SAMPLE_GROUP_CHANNELS, dyhead.DEFAULT_DEFORM_IMPL = saved
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
+    with _dcn_settings(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, object]:
     from .engine import GroundingEngine
     from .model import build_model, dyhead
     from .postprocess import Candidates, Row, head_candidates, select_candidates
@@ -198,10 +220,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    if getattr(args, "sample_group_channels", None) is not None:  # this process only (a CLI run)
-        dyhead.SAMPLE_GROUP_CHANNELS = args.sample_group_channels
-    if getattr(args, "deform_impl", None):  # likewise: the cached path's DCN (official: torchvision's)
-        dyhead.DEFAULT_DEFORM_IMPL = args.deform_impl
     json_path = getattr(args, "json", None)  # partial results land there after each phase
     h, w = (int(x) for x in args.size.lower().split("x"))
     # --resize: frames of --size are resized to the checkpoint's test size as the node does (PIL, on the

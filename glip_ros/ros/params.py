@@ -94,8 +94,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "keep_freed_memory",
         True,
         "Have glibc's malloc keep freed memory for reuse (large blocks are otherwise unmapped at every free "
-        "and page-faulted in again on the next frame): CPU inference 1.3x faster measured; the process keeps "
-        "its peak memory. glibc only.",
+        "and page-faulted in again on the next frame): CPU frames 1.1-1.3x faster measured; the process "
+        "keeps its peak memory. glibc only.",
         applies="startup",
     ),
     # --- model (chooses code or files: only through a lifecycle reconfigure) ---
@@ -121,7 +121,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "precision",
         "fp32",
         "Precision of Swin + FPN (and of the head with head_precision auto): fp32, fp16 (CUDA only), bf16 "
-        "(GPUs; also CPUs with bf16 matrix units: GLIP-T's backbone 2.5x faster on an AMX Xeon).",
+        "(GPUs; also CPUs with bf16 matrix units: GLIP-T's backbone 2.4x faster on an AMX Xeon).",
         applies="configure",
         choices=("fp32", "fp16", "bf16"),
     ),
