@@ -512,7 +512,8 @@ def table(res: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """glip-bench's options (scripts/gpu_bench.sh's runs are checked against them by a test)."""
     ap = argparse.ArgumentParser(prog="glip-bench", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="glip_tiny_test")
     ap.add_argument("--size", default="480x640", help="HxW of the input frames (resized only with --resize)")
@@ -562,10 +563,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--deform-impl",
         default=None,
-        choices=["auto", "sample", "gather"],
+        choices=["auto", "sample", "gather", "index"],
         help="the cached path's deformable convolution: sample (grid_sample + modulation + product), gather "
-        "(one weighted gather of the modulated columns + product; dyhead.deform_conv2d_gathered) or auto "
-        "(default: sample, gather in a graph compiled for a CPU)",
+        "(one weighted gather of the modulated columns, embedding_bag, + product; "
+        "dyhead.deform_conv2d_gathered), index (the same gather as indexing + weighted sum, which a compiled "
+        "graph fuses into one kernel; eagerly slow) or auto (default: sample, gather in a graph compiled for "
+        "a CPU)",
     )
     ap.add_argument("--checkpoint", help="benchmark these weights (default: random weights of --preset)")
     ap.add_argument(
@@ -586,7 +589,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N most costly operators")
     ap.add_argument("--json", help="also write the raw results to this file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.malloc == "keep":

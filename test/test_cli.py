@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 
@@ -78,3 +80,23 @@ def test_glip_bench_runs_both_paths_and_reports_the_dcn_split(tmp_path):
     assert camera["decode"] == "jpeg" and camera["cached"]["decode"]["median_ms"] > 0 and camera["resize"]
     # resized to the preset's test size (shorter side 800): more work than the 96x128 frame as it is
     assert camera["cached"]["preprocess"]["median_ms"] > split["cached"]["preprocess"]["median_ms"]
+
+
+def test_gpu_bench_runs_are_glip_bench_commands():
+    """scripts/gpu_bench.sh runs on a lent GPU machine, minutes of which are scarce: every run it names
+    parses as a glip-bench command line here, and its default list names only runs it defines."""
+    from glip_ros.bench import build_parser
+
+    script = (REPO / "scripts" / "gpu_bench.sh").read_text()
+    shell_vars = dict(re.findall(r'^(S|A)="([^"]*)"$', script, flags=re.M))
+    runs = dict(re.findall(r'^  \[(\w+)\]="([^"]*)"$', script, flags=re.M))
+    default = re.search(r'^DEFAULT="([^"]*)"', script, flags=re.M | re.S)
+    assert set(shell_vars) == {"S", "A"} and len(runs) > 10 and default
+    parser = build_parser()
+    for name, line in runs.items():
+        expanded = re.sub(r"\$(S|A)\b", lambda m: shell_vars[m.group(1)], line)
+        assert "$" not in expanded, name
+        args = parser.parse_args(shlex.split(expanded))  # exits (fails the test) on an unknown option
+        assert args.preset.startswith("glip_"), name
+    unknown = set(default.group(1).split()) - set(runs)
+    assert not unknown, f"DEFAULT names runs the script does not define: {sorted(unknown)}"

@@ -32,7 +32,7 @@ class HSigmoid(nn.Module):
 # The fast path's deformable convolution ("auto", "sample" or "gather", see ModulatedDeformConv): what new
 # modules and GLIPModel.use_reference_ops(False) select. A process-wide setting for measurements (glip-bench).
 DEFAULT_DEFORM_IMPL = "auto"
-DEFORM_IMPLS = ("auto", "sample", "gather", "torchvision")
+DEFORM_IMPLS = ("auto", "sample", "gather", "index", "torchvision")
 
 
 class ModulatedDeformConv(nn.Module):
@@ -43,8 +43,10 @@ class ModulatedDeformConv(nn.Module):
     2.3x faster on CPU than torchvision's), "gather" (:func:`deform_conv2d_gathered`: the same function
     again, the modulation folded into one weighted gather), "auto" (default: "sample", except in a graph
     compiled for a CPU, where "gather" measured faster: GLIP-T's compiled head at 480x640 on a 2-core CPU
-    568-572 vs 835 ms; eager there, "sample" is the faster, 593-598 vs 626-639 ms) or "torchvision"
-    (``torchvision.ops.deform_conv2d``, fp32 as the official op)."""
+    568-572 vs 835 ms; eager there, "sample" is the faster, 593-598 vs 626-639 ms), "index" (the gathered
+    form with the gather written as indexing and a weighted sum, for a compiler to fuse into one kernel that
+    writes the columns once; eagerly it materialises the four corners, 4x the columns, so it is for compiled
+    graphs only) or "torchvision" (``torchvision.ops.deform_conv2d``, fp32 as the official op)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
@@ -72,8 +74,10 @@ class ModulatedDeformConv(nn.Module):
                 x.float(), offset.float(), mask.float(), self.weight, self.bias, self.stride
             )
             return out.to(dtype)
-        if impl == "gather":
-            out = deform_conv2d_gathered(x, offset.float(), mask.float(), self.weight, self.bias, self.stride)
+        if impl in ("gather", "index"):
+            out = deform_conv2d_gathered(
+                x, offset.float(), mask.float(), self.weight, self.bias, self.stride, fused=impl == "index"
+            )
             return out.to(dtype)
         # The official op runs in fp32 (custom_fwd(cast_inputs=float32)).
         out = deform_conv2d(
@@ -163,6 +167,7 @@ def deform_conv2d_gathered(
     bias: torch.Tensor,
     stride: int,
     padding: int = 1,
+    fused: bool = False,
 ) -> torch.Tensor:
     """Modulated deformable 3x3 convolution as one weighted gather (``embedding_bag``) + one matrix product.
 
@@ -175,6 +180,11 @@ def deform_conv2d_gathered(
     outside the image as the official kernel (``dmcn_im2col_bilinear``). The sampling runs in fp32, or in
     the autocast type when autocast is on: then the input, the corner weights and the columns are in that
     type (positions stay fp32), where the sampled form rounds only its modulated columns.
+
+    ``fused``: the gather as indexing and a weighted sum over the corners (in fp32, rounded once) instead of
+    ``embedding_bag``, which a compiler keeps as a call of its own: inductor fuses the indexing, the sum and
+    the index arithmetic into one kernel that writes the columns once. Eagerly that form writes the four
+    corners' values out first (4x the columns): for compiled graphs only.
     """
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]
@@ -188,7 +198,7 @@ def deform_conv2d_gathered(
     # pixel out of the image is zero whatever its clamped position (its corners are all border), as the
     # official kernel's (h_im <= -1 || h_im >= height) rule; no masks to build.
     wp = w + 3
-    table = F.pad(x.permute(0, 2, 3, 1).to(table_dtype), (0, 0, 1, 2, 1, 2))  # [b, h + 3, w + 3, c]
+    table = _bordered_channels_last(x, table_dtype)  # [b, h + 3, w + 3, c]
     # [b, Ho, Wo, taps, 2] sample positions (row, column) in input pixels
     pos = torch.clamp(base + offset.view(b, ntap, 2, ho, wo).permute(0, 3, 4, 1, 2), lo, hi)
     top = pos.floor()
@@ -202,15 +212,62 @@ def deform_conv2d_gathered(
     weights = (near_far[..., 0, :, None] * m[..., None, None]) * near_far[..., 1, None, :]
     if b > 1:
         index = index + (torch.arange(b, device=x.device) * ((h + 3) * wp)).view(b, 1, 1, 1, 1)
-    cols = F.embedding_bag(
-        index.view(-1, 4),
-        table.view(-1, c),
-        mode="sum",
-        per_sample_weights=weights.view(-1, 4).to(table_dtype),
-    ).view(b, ho * wo, ntap * c)
+    if fused:
+        corner_values = table.reshape(-1, c)[index.view(-1, 4)]  # [b * Ho * Wo * taps, 4, c]
+        cols = torch.sum(corner_values.float() * weights.view(-1, 4, 1), dim=1).to(table_dtype)
+    else:
+        cols = F.embedding_bag(
+            index.view(-1, 4),
+            table.view(-1, c),
+            mode="sum",
+            per_sample_weights=weights.view(-1, 4).to(table_dtype),
+        )
+    cols = cols.view(b, ho * wo, ntap * c)
     # the weight in the columns' (tap, channel) order; the columns' rows are the output locations
     w2d = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], ntap * c)
     return _columns_product(w2d, cols.transpose(1, 2), bias, ho, wo)
+
+
+def _bordered_channels_last_eager(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return F.pad(x.permute(0, 2, 3, 1).to(dtype), (0, 0, 1, 2, 1, 2))
+
+
+def _bordered_channels_last(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H + 3, W + 3, C] in ``dtype``, zero border of one row/column before, two after.
+
+    Why an opaque operator when compiling: inductor would otherwise fold the pad and the permute into the
+    gather's own kernel (``fused``) and read every corner's channels from the channels-first input, C
+    values H x W apart: 2.5x slower sampling on this CPU, and uncoalesced loads on a GPU. Behind a custom
+    operator the table is written once, channels contiguous (eagerly the same two operators run directly).
+    """
+    if _TABLE_OP is not None and _is_compiling():
+        return _TABLE_OP(x, dtype)
+    return _bordered_channels_last_eager(x, dtype)
+
+
+def _define_table_op():  # -> the custom operator, or None where torch has no torch.library.custom_op (< 2.4)
+    if not hasattr(torch.library, "custom_op"):
+        return None
+    op = torch.library.custom_op("glip_ros::bordered_channels_last", mutates_args=())(
+        _bordered_channels_last_eager
+    )
+
+    @op.register_fake
+    def _(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.new_empty(b, h + 3, w + 3, c, dtype=dtype)
+
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.input_dtype = inputs[0].dtype
+
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
+        return grad[:, 1:-2, 1:-2].permute(0, 3, 1, 2).to(ctx.input_dtype), None
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+_TABLE_OP = _define_table_op()
 
 
 def _gather_constants(

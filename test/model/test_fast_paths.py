@@ -4,6 +4,8 @@ official operation order (the parity tests compare the default path against the 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torchvision.ops import deform_conv2d
@@ -47,7 +49,12 @@ def test_factored_fusion_gradients_match_reference():
     assert _rel(grads[1], grads[0]) < 1e-4
 
 
-@pytest.mark.parametrize("form", [deform_conv2d_sampled, deform_conv2d_gathered], ids=["sampled", "gathered"])
+_FUSED = functools.partial(deform_conv2d_gathered, fused=True)
+
+
+@pytest.mark.parametrize(
+    "form", [deform_conv2d_sampled, deform_conv2d_gathered, _FUSED], ids=["sampled", "gathered", "fused"]
+)
 @pytest.mark.parametrize(
     "stride,h,w,b",
     [
@@ -61,9 +68,9 @@ def test_factored_fusion_gradients_match_reference():
     ],
 )
 def test_deform_conv_forms_equal_torchvision(form, stride, h, w, b):
-    """The sampled (grid_sample) and gathered (embedding_bag) DCNs compute torchvision's function,
-    including samples exactly one pixel out, on the row past the last, far out, between pixels; batched,
-    one image at a time, and under inference mode (CPU inference takes one image at a time there)."""
+    """The sampled (grid_sample) and gathered (embedding_bag, or indexing + sum) DCNs compute torchvision's
+    function, including samples exactly one pixel out, on the row past the last, far out, between pixels;
+    batched, one image at a time, and under inference mode (CPU inference takes one image at a time there)."""
     torch.manual_seed(h * w + stride + b)
     x = torch.randn(b, 8, h, w)
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
@@ -108,6 +115,44 @@ def test_gathered_deform_conv_gradients_match_torchvision():
         assert _rel(g, g_ref) < 1e-4
 
 
+def test_fused_gather_compiled_equals_eager_and_reads_a_realised_table():
+    """The "index" impl is meant for compiled graphs: compiled (on this CPU) it computes what it computes
+    eagerly, its gradients included (the bordered table's custom operator has its own backward), and the
+    table reaches the gather through that operator (inductor would otherwise read channels-first input)."""
+    from glip_ros.model import dyhead
+
+    if dyhead._TABLE_OP is None:
+        pytest.skip("torch < 2.4 has no torch.library.custom_op: the table is inlined, as any other op")
+    torch.manual_seed(5)
+    x, offset = torch.randn(2, 16, 9, 11), torch.randn(2, 18, 5, 6) * 2 + 0.3
+    mask, weight, bias = torch.rand(2, 9, 5, 6), torch.randn(8, 16, 3, 3), torch.randn(8)
+    calls = []
+    real = dyhead._TABLE_OP
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    dyhead._TABLE_OP = counted
+    try:
+        compiled = torch.compile(_FUSED, dynamic=False, fullgraph=True)
+        leaves = [t.clone().requires_grad_(True) for t in (x, offset, mask, weight, bias)]
+        out = compiled(*leaves, 2)
+    finally:
+        dyhead._TABLE_OP = real
+    assert calls, "the compiled gather did not take its table from the custom operator"
+    ref_leaves = [t.clone().requires_grad_(True) for t in (x, offset, mask, weight, bias)]
+    ref = deform_conv2d(
+        *ref_leaves[:2], ref_leaves[3], ref_leaves[4], stride=2, padding=1, mask=ref_leaves[2]
+    )
+    assert _rel(out.detach(), ref.detach()) < 1e-5
+    up = torch.randn_like(ref)
+    for g, g_ref in zip(
+        torch.autograd.grad(out, leaves, up), torch.autograd.grad(ref, ref_leaves, up), strict=True
+    ):
+        assert _rel(g, g_ref) < 1e-4
+
+
 def test_gathered_deform_conv_under_bf16_autocast_and_as_the_module_impl():
     """Under autocast the gather and the product run in bf16 (close to fp32, not equal); set_deform_impl
     selects it for every DCN of a model, whose head then matches the default impl."""
@@ -134,9 +179,12 @@ def test_gathered_deform_conv_under_bf16_autocast_and_as_the_module_impl():
         default = head.run_tower(feats, text)[0]
         set_deform_impl(model, "gather")
         gathered = head.run_tower(feats, text)[0]
+        set_deform_impl(model, "index")
+        indexed = head.run_tower(feats, text)[0]
         set_deform_impl(model, "auto")
-    for a, b in zip(gathered, default, strict=True):
-        assert _rel(a, b) < 1e-4
+    for a, b, d in zip(gathered, indexed, default, strict=True):
+        assert _rel(a, d) < 1e-4
+        assert _rel(b, d) < 1e-4
 
 
 @pytest.mark.parametrize("b,c", [(1, 32), (2, 48), (1, 20), (3, 16)])
