@@ -43,19 +43,20 @@ declare -A RUNS=(
   [t_bf16tf32_3p_1cam_eager]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --no-cuda-graphs --skip-official"
   [t_bf16tf32_3p_4cam_compile]="$S --precision bf16 --head-precision tf32 --phrases 3 --cameras 4 --runs 10 --compile head"
 )
-# The issue's measurement first, uncompiled (each run 20-60 s on an H100): fp32 and bf16 baselines, 4 cameras,
-# 1,203 phrases; then the A/Bs of the head's deformable convolution, compiled (75-110 s of compilation each):
-# the sampled form (the best 3-phrase figure so far; its sampling kernels were a third of the frame), the
-# gathered form (embedding_bag: on a CPU, compiled, 1.46x faster than the compiled sampled head) and the
-# indexed gather (inductor fuses it into one kernel per convolution reading a channels-last table); then the
-# gathered form eager (CUDA graphs), the compiled sampled run again in a new process (its first call: a
-# restart's cost with inductor's on-disk cache warm), the channel split's A/B, GLIP-T (A) and a 720p bgr8
-# camera frame resized as the node does, as far as TOTAL allows (estimated from the runs' times measured on an
-# H100, the first seven take about 6.5 minutes). Not in it (ONLY=...): the profiled, compile-all, no-graphs,
-# 4-camera compiled and 1,203-phrase compiled runs (the last two measured at d3b0727).
+# The issue's measurement first, uncompiled (each run 20-40 s on an H100): fp32 and bf16 baselines, 4 cameras,
+# 1,203 phrases (about 140 s together); then the compiled head (about 100 s each, most of it compilation) with
+# the candidates for the deformable convolution's sampling, which was a third of the best compiled frame
+# (sampled form, 3.61x the official-style path at d3b0727, against the issue's 5x): the indexed gather
+# (inductor fuses it into one kernel per convolution reading a channels-last table), the same with the
+# backbone compiled too, the embedding_bag gather (on a CPU, compiled, 1.46x faster than the compiled sampled
+# head), the sampled form again; then the gathered form eager (CUDA graphs), the compiled sampled run again
+# in a new process (its first call: a restart's cost with inductor's on-disk cache warm), the channel split's
+# A/B, GLIP-T (A) and a 720p bgr8 camera frame resized as the node does, as far as TOTAL allows (from the
+# runs' times on an H100 the first seven fill it). Not in it (ONLY=...): the profiled, no-graphs, 4-camera
+# compiled and 1,203-phrase compiled runs (the last two measured at d3b0727).
 DEFAULT="t_fp32_3p_1cam t_bf16tf32_3p_1cam t_bf16tf32_3p_4cam t_bf16auto_1203p_1cam
-  t_bf16auto_3p_1cam_compile t_bf16auto_3p_1cam_compile_gather t_bf16auto_3p_1cam_compile_index
-  t_bf16tf32_3p_1cam_gather t_bf16auto_3p_1cam_compile_again
+  t_bf16auto_3p_1cam_compile_index t_bf16auto_3p_1cam_compileall_index t_bf16auto_3p_1cam_compile_gather
+  t_bf16auto_3p_1cam_compile t_bf16tf32_3p_1cam_gather t_bf16auto_3p_1cam_compile_again
   t_bf16tf32_3p_1cam_nosplit ta_bf16tf32_3p_1cam ta_bf16tf32_1203p_1cam t_bf16tf32_3p_720p_bgr8"
 # TOTAL (seconds, default 450): the whole call ends within it, whatever compilation costs: each run gets at
 # most the time left (and RUN_TIMEOUT), and a run with under 30 s left is skipped (said in the output).

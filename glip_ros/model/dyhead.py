@@ -198,7 +198,7 @@ def deform_conv2d_gathered(
     # pixel out of the image is zero whatever its clamped position (its corners are all border), as the
     # official kernel's (h_im <= -1 || h_im >= height) rule; no masks to build.
     wp = w + 3
-    table = _bordered_channels_last(x, table_dtype)  # [b, h + 3, w + 3, c]
+    table = _bordered_channels_last(x, table_dtype, opaque=fused)  # [b, h + 3, w + 3, c]
     # [b, Ho, Wo, taps, 2] sample positions (row, column) in input pixels
     pos = torch.clamp(base + offset.view(b, ntap, 2, ho, wo).permute(0, 3, 4, 1, 2), lo, hi)
     top = pos.floor()
@@ -232,15 +232,16 @@ def _bordered_channels_last_eager(x: torch.Tensor, dtype: torch.dtype) -> torch.
     return F.pad(x.permute(0, 2, 3, 1).to(dtype), (0, 0, 1, 2, 1, 2))
 
 
-def _bordered_channels_last(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _bordered_channels_last(x: torch.Tensor, dtype: torch.dtype, opaque: bool = False) -> torch.Tensor:
     """[B, C, H, W] -> [B, H + 3, W + 3, C] in ``dtype``, zero border of one row/column before, two after.
 
-    Why an opaque operator when compiling: inductor would otherwise fold the pad and the permute into the
-    gather's own kernel (``fused``) and read every corner's channels from the channels-first input, C
-    values H x W apart: 2.5x slower sampling on this CPU, and uncoalesced loads on a GPU. Behind a custom
-    operator the table is written once, channels contiguous (eagerly the same two operators run directly).
+    ``opaque``: when compiling, build it behind a custom operator. Why: inductor would otherwise fold the
+    pad and the permute into the fused gather's own kernel and read every corner's channels from the
+    channels-first input, C values H x W apart: 2.5x slower sampling on this CPU, and uncoalesced loads on
+    a GPU. Behind the operator the table is written once, channels contiguous. (``embedding_bag``, a call
+    of its own, gets a written table anyway; eagerly the same two operators run directly.)
     """
-    if _TABLE_OP is not None and _is_compiling():
+    if opaque and _TABLE_OP is not None and _is_compiling():
         return _TABLE_OP(x, dtype)
     return _bordered_channels_last_eager(x, dtype)
 
