@@ -110,3 +110,32 @@ def test_graphed_equals_eager(preset, precision, head):
             assert g and [d.phrase_index for d in g] == [d.phrase_index for d in w]
             np.testing.assert_allclose([d.score for d in g], [d.score for d in w], atol=1e-5)
     assert graphed.counters["graph_captures"] > 0 and graphed.counters["graph_fallbacks"] == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graph_replays_follow_dcn_weights_changed_in_place():
+    """The deformable convolutions keep their cast product weight between eager calls, but not in a
+    capture: a replay casts the weight again, so weights changed in place (same storage) reach it."""
+    from glip_ros.model.dyhead import ModulatedDeformConv
+
+    torch.manual_seed(0)
+    cfg = build_model("glip_tiny_test").config
+    cfg.head.pre_nms_thresh = 0.0
+    model = build_model(cfg)
+    kw = dict(device="cuda", precision="bf16", head_precision="auto", min_size=None, max_size=None)
+    graphed = GroundingEngine(model, cuda_graphs=True, **kw)
+    q = graphed.prepare_query("red circle. blue square")
+    for _ in range(3):  # capture, then replays
+        before = graphed.detect(FRAMES, q, score_threshold=0.0)
+    assert graphed.counters["graph_captures"] > 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, ModulatedDeformConv):
+                m.weight.mul_(3.0)
+    got = graphed.detect(FRAMES, q, score_threshold=0.0)
+    eager = GroundingEngine(model, cuda_graphs=False, **kw)
+    want = eager.detect(FRAMES, eager.prepare_query("red circle. blue square"), score_threshold=0.0)
+    for g, w, b in zip(got, want, before, strict=True):
+        assert [d.score for d in g] != [d.score for d in b]
+        np.testing.assert_allclose([d.score for d in g], [d.score for d in w], atol=1e-5)

@@ -41,9 +41,10 @@ class ModulatedDeformConv(nn.Module):
     ``impl``: "sample" (:func:`deform_conv2d_sampled`: the same function from stock PyTorch ops, which CUDA
     graphs can capture, whose matrix product can run in reduced precision under autocast, and which measured
     2.3x faster on CPU than torchvision's), "gather" (:func:`deform_conv2d_gathered`: the same function
-    again, the modulation folded into one weighted gather), "auto" (default: "sample", except in a graph
-    compiled for a CPU, where "gather" measured faster: GLIP-T's compiled head at 480x640 on a 2-core CPU
-    568-572 vs 835 ms; eager there, "sample" is the faster, 593-598 vs 626-639 ms), "index" (the gathered
+    again, the modulation folded into one weighted gather), "auto" (default: "sample", except on a CPU in
+    a compiled graph or under autocast, where "gather" measured faster: GLIP-T's head at 480x640 on a 2-core
+    CPU compiled 568-572 vs 835 ms, eager in bf16 420-427 vs 455-465 ms; eager in fp32 "sample" is the
+    faster, 593-598 vs 626-639 ms), "index" (the gathered
     form with the gather written as indexing and a weighted sum, for a compiler to fuse into one kernel that
     writes the columns once; eagerly it materialises the four corners, 4x the columns, so it is for compiled
     graphs only) or "torchvision" (``torchvision.ops.deform_conv2d``, fp32 as the official op)."""
@@ -55,6 +56,7 @@ class ModulatedDeformConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
         self.bias = nn.Parameter(torch.zeros(cout))
         nn.init.normal_(self.weight, 0, 0.01)
+        self._kept_product_weight: tuple[tuple, torch.Tensor] | None = None  # see _product_weight
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ho = (x.shape[2] + 2 - 3) // self.stride + 1
@@ -68,15 +70,29 @@ class ModulatedDeformConv(nn.Module):
         dtype = x.dtype
         impl = self.impl
         if impl == "auto":
-            impl = "gather" if x.device.type == "cpu" and _is_compiling() else "sample"
+            cpu = x.device.type == "cpu"
+            impl = "gather" if cpu and (_is_compiling() or _autocast_dtype("cpu") is not None) else "sample"
         if impl == "sample":
             out = deform_conv2d_sampled(
-                x.float(), offset.float(), mask.float(), self.weight, self.bias, self.stride
+                x.float(),
+                offset.float(),
+                mask.float(),
+                self.weight,
+                self.bias,
+                self.stride,
+                product_weight=self._product_weight(False, _autocast_dtype(x.device.type)),
             )
             return out.to(dtype)
         if impl in ("gather", "index"):
             out = deform_conv2d_gathered(
-                x, offset.float(), mask.float(), self.weight, self.bias, self.stride, fused=impl == "index"
+                x,
+                offset.float(),
+                mask.float(),
+                self.weight,
+                self.bias,
+                self.stride,
+                fused=impl == "index",
+                product_weight=self._product_weight(True, _autocast_dtype(x.device.type)),
             )
             return out.to(dtype)
         # The official op runs in fp32 (custom_fwd(cast_inputs=float32)).
@@ -91,6 +107,37 @@ class ModulatedDeformConv(nn.Module):
         )
         return out.to(dtype)
 
+    def _product_weight(self, gathered: bool, dtype: torch.dtype | None) -> torch.Tensor | None:
+        """The weight as the columns' product takes it, [Cout, taps x Cin] in the columns' order, in the
+        autocast type when one is on; None where that is a view of the weight (the sampled form in fp32).
+
+        Why kept between calls: the gathered form's (tap, channel) order is a copy of the weight, and
+        autocast casts a reshaped weight on every call (its cast cache holds leaf tensors only): 78 of each
+        per GLIP-T frame, 27 ms of a 420 ms bf16 head on this CPU. Kept for inference only (training and
+        compiled graphs make it in the graph, and so does a CUDA graph's capture, whose replays then follow
+        a weight loaded in place), and made again when the weight changes (a checkpoint loads in place: new
+        version) or moves (new storage)."""
+        if not gathered and dtype is None:
+            return None
+        w = self.weight
+
+        def make() -> torch.Tensor:
+            w2d = w.permute(0, 2, 3, 1) if gathered else w
+            w2d = w2d.reshape(w.shape[0], -1)
+            return w2d if dtype is None else w2d.to(dtype)
+
+        if torch.is_grad_enabled() or _is_compiling() or _capturing(w.device):
+            return make()
+        key = (gathered, dtype, w.device, w.data_ptr(), w._version)
+        kept = self._kept_product_weight
+        if kept is None or kept[0] != key:
+            self._kept_product_weight = kept = (key, make())
+        return kept[1]
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
 
 def deform_conv2d_sampled(
     x: torch.Tensor,
@@ -100,6 +147,7 @@ def deform_conv2d_sampled(
     bias: torch.Tensor,
     stride: int,
     padding: int = 1,
+    product_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Modulated deformable 3x3 convolution as bilinear sampling (``grid_sample``) + one matrix product.
 
@@ -108,6 +156,7 @@ def deform_conv2d_sampled(
     (zero outside the image; torchvision returns 0 beyond one pixel out, where every corner is outside
     anyway) and stays in fp32 (sample positions need the precision); the product follows autocast.
     Offsets use torchvision's layout: channel 2k is the row shift of tap k, 2k+1 its column shift.
+    ``product_weight``: the weight as [Cout, Cin x taps] (in the product's type), if the caller keeps one.
     """
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]
@@ -118,7 +167,14 @@ def deform_conv2d_sampled(
         return torch.cat(
             [
                 deform_conv2d_sampled(
-                    x[i : i + 1], offset[i : i + 1], mask[i : i + 1], weight, bias, stride, padding
+                    x[i : i + 1],
+                    offset[i : i + 1],
+                    mask[i : i + 1],
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    product_weight,
                 )
                 for i in range(b)
             ]
@@ -132,8 +188,14 @@ def deform_conv2d_sampled(
     grid = torch.addcmul(base, off, scale).view(b, ntap * ho, wo, 2)
     cols = _sample_channel_groups(x, grid).view(b, c, ntap, ho, wo)
     low = _autocast_dtype(x.device.type)
-    if low is not None:
-        # The product will run in the autocast type: cast while applying the modulation (one pass, not two).
+    if low is not None and x.device.type == "cpu" and not torch.is_grad_enabled():
+        # The product will run in the autocast type. On a CPU the one-pass form below (fp32 inputs, bf16
+        # output) takes TensorIterator's per-element casting loop: 7.8 ms for GLIP-T's finest level at
+        # 480x640, against 1.1 + 1.6 ms for a vectorised in-place multiply and a cast. Same values: both
+        # round the fp32 product once.
+        cols = cols.mul_(mask.view(b, 1, ntap, ho, wo)).to(low)
+    elif low is not None:
+        # On a GPU, cast while applying the modulation (one pass, not two).
         masked = torch.empty(cols.shape, dtype=low, device=x.device)
         cols = torch.mul(cols, mask.view(b, 1, ntap, ho, wo), out=masked)
     elif not torch.is_grad_enabled():
@@ -143,9 +205,8 @@ def deform_conv2d_sampled(
         cols = cols.mul_(mask.view(b, 1, ntap, ho, wo))
     else:
         cols = cols * mask.view(b, 1, ntap, ho, wo)
-    return _columns_product(
-        weight.reshape(weight.shape[0], -1), cols.view(b, c * ntap, ho * wo), bias, ho, wo
-    )
+    w2d = weight.reshape(weight.shape[0], -1) if product_weight is None else product_weight
+    return _columns_product(w2d, cols.view(b, c * ntap, ho * wo), bias, ho, wo)
 
 
 def _columns_product(
@@ -168,6 +229,7 @@ def deform_conv2d_gathered(
     stride: int,
     padding: int = 1,
     fused: bool = False,
+    product_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Modulated deformable 3x3 convolution as one weighted gather (``embedding_bag``) + one matrix product.
 
@@ -184,7 +246,8 @@ def deform_conv2d_gathered(
     ``fused``: the gather as indexing and a weighted sum over the corners (in fp32, rounded once) instead of
     ``embedding_bag``, which a compiler keeps as a call of its own: inductor fuses the indexing, the sum and
     the index arithmetic into one kernel that writes the columns once. Eagerly that form writes the four
-    corners' values out first (4x the columns): for compiled graphs only.
+    corners' values out first (4x the columns): for compiled graphs only. ``product_weight``: the weight
+    as [Cout, taps x Cin] (tap-major, in the product's type), if the caller keeps one.
     """
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]
@@ -224,7 +287,9 @@ def deform_conv2d_gathered(
         )
     cols = cols.view(b, ho * wo, ntap * c)
     # the weight in the columns' (tap, channel) order; the columns' rows are the output locations
-    w2d = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], ntap * c)
+    w2d = product_weight
+    if w2d is None:
+        w2d = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], ntap * c)
     return _columns_product(w2d, cols.transpose(1, 2), bias, ho, wo)
 
 

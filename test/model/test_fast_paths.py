@@ -383,8 +383,9 @@ def test_swin_shift_masks_are_kept_per_shape_and_serve_training():
 
 
 def test_auto_deform_impl_gathers_only_in_a_graph_compiled_for_a_cpu(monkeypatch):
-    """ "auto" (the default) runs the sampled form eagerly and the gathered one while traced for a CPU
-    (where the compiled gather measured faster and the eager gather slower); both give the same values."""
+    """ "auto" (the default) runs the sampled form eagerly and the gathered one while traced for a CPU or
+    under the CPU's autocast (where the gather measured faster; eagerly in fp32 it is the slower); both give
+    the same values."""
     from glip_ros.model import dyhead
 
     conv = dyhead.ModulatedDeformConv(4, 5, 1)
@@ -400,8 +401,12 @@ def test_auto_deform_impl_gathers_only_in_a_graph_compiled_for_a_cpu(monkeypatch
         eager = conv(x, offset, mask)
         monkeypatch.setattr(dyhead, "_is_compiling", lambda: True)
         traced = conv(x, offset, mask)
-    assert calls == ["deform_conv2d_sampled", "deform_conv2d_gathered"]
+        monkeypatch.setattr(dyhead, "_is_compiling", lambda: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 head on a CPU: gathered, eagerly too
+            low = conv(x, offset, mask)
+    assert calls == ["deform_conv2d_sampled", "deform_conv2d_gathered", "deform_conv2d_gathered"]
     assert _rel(traced, eager) < 1e-5
+    assert 0 < _rel(low.float(), eager) < 3e-2
     with pytest.raises(ValueError, match="deform impl"):
         dyhead.set_deform_impl(conv, "fast")
 
@@ -438,3 +443,35 @@ def test_kept_anchors_follow_the_cell_anchors_a_checkpoint_loads():
     a.load_state_dict(shifted)
     for x, y in zip(first, a(feats), strict=True):
         assert torch.equal(y, x + 1.0)
+
+
+@pytest.mark.parametrize("impl", ["sample", "gather"])
+def test_dcn_keeps_its_product_weight_for_inference_only_and_follows_the_weight(impl):
+    """The product's weight (reordered and/or cast) is kept between inference calls, gives what the
+    unkept one gives, is made again when the weight is loaded in place or moved, and is not used where
+    gradients are needed (training gets the weight's gradient)."""
+    from glip_ros.model import dyhead
+
+    torch.manual_seed(6)
+    conv = dyhead.ModulatedDeformConv(8, 6, 1)
+    dyhead.set_deform_impl(conv, impl)
+    x, offset, mask = torch.randn(1, 8, 7, 9), torch.randn(1, 18, 7, 9), torch.rand(1, 9, 7, 9)
+    for autocast in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            first = conv(x, offset, mask)
+            kept = conv._kept_product_weight
+            again = conv(x, offset, mask)
+            assert conv._kept_product_weight is kept and torch.equal(first, again)
+            if impl == "sample" and not autocast:
+                assert kept is None  # a view of the weight: nothing to keep
+            elif autocast:
+                assert kept[1].dtype == torch.bfloat16
+            new_weight = torch.randn_like(conv.weight)
+            conv.load_state_dict({"weight": new_weight, "bias": conv.bias.detach()})  # in place
+            fresh = dyhead.ModulatedDeformConv(8, 6, 1)
+            dyhead.set_deform_impl(fresh, impl)
+            fresh.load_state_dict(conv.state_dict())
+            assert torch.equal(conv(x, offset, mask), fresh(x, offset, mask))
+    conv.zero_grad()
+    conv(x, offset, mask).square().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
