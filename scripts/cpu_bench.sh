@@ -22,5 +22,7 @@ run tiny_3p_malloc_default --preset glip_tiny_test $S --phrases 3 --runs 10 --ma
 run glipt_3p      --preset glip_t $S --phrases 3 --runs 4
 run glipt_3p_malloc_default --preset glip_t $S --phrases 3 --runs 4 --skip-official --malloc default
 run glipt_3p_bf16 --preset glip_t --size 480x640 --device cpu --precision bf16 --phrases 3 --runs 4 --skip-official
+# ... and the head in bf16 too (head_precision auto), with the official-style path and its top-20 check
+run glipt_3p_bf16_head --preset glip_t --size 480x640 --device cpu --precision bf16 --head-precision auto --phrases 3 --runs 4
 # torch.compile of everything (the first call compiles: about a minute without inductor's on-disk cache)
 run tiny_3p_compile --preset glip_tiny_test $S --phrases 3 --runs 10 --compile all --skip-official
