@@ -29,8 +29,9 @@ class HSigmoid(nn.Module):
         return h_sigmoid(x, self.reference)
 
 
-# The fast path's deformable convolution ("auto", "sample" or "gather", see ModulatedDeformConv): what new
-# modules and GLIPModel.use_reference_ops(False) select. A process-wide setting for measurements (glip-bench).
+# The fast path's deformable convolution ("auto", "sample", "gather" or "index", see ModulatedDeformConv):
+# what new modules and GLIPModel.use_reference_ops(False) select. A process-wide setting for measurements
+# (glip-bench).
 DEFAULT_DEFORM_IMPL = "auto"
 DEFORM_IMPLS = ("auto", "sample", "gather", "index", "torchvision")
 
@@ -43,11 +44,11 @@ class ModulatedDeformConv(nn.Module):
     2.3x faster on CPU than torchvision's), "gather" (:func:`deform_conv2d_gathered`: the same function
     again, the modulation folded into one weighted gather), "auto" (default: "sample", except on a CPU in
     a compiled graph or under autocast, where "gather" measured faster: GLIP-T's head at 480x640 on a 2-core
-    CPU compiled 568-572 vs 835 ms, eager in bf16 420-427 vs 455-465 ms; eager in fp32 "sample" is the
-    faster, 593-598 vs 626-639 ms), "index" (the gathered
-    form with the gather written as indexing and a weighted sum, for a compiler to fuse into one kernel that
-    writes the columns once; eagerly it materialises the four corners, 4x the columns, so it is for compiled
-    graphs only) or "torchvision" (``torchvision.ops.deform_conv2d``, fp32 as the official op)."""
+    CPU compiled 568-572 vs 835 ms, eager in bf16 420-427 vs 455-465 ms; eager in fp32 the two are about
+    even, 607-627 vs 615-625 ms), "index" (the gathered form with the gather written as indexing and a
+    weighted sum, for a compiler to fuse into one kernel that writes the columns once; eagerly it
+    materialises the four corners, 4x the columns, so it is for compiled graphs only) or "torchvision"
+    (``torchvision.ops.deform_conv2d``, fp32 as the official op)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
