@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .compiling import CompiledModules
 from .cuda_graphs import GraphCache
+from .kept_casts import KeptCasts
 from .model import GLIPModel, build_model, load_checkpoint, read_checkpoint_config
 from .model.head import HeadOutputs
 from .model.language import TextFeatures
@@ -131,6 +132,8 @@ class GroundingEngine:
 
     * ``precision`` (fp32, fp16 on CUDA, bf16) applies to Swin + FPN; ``head_precision`` (fp32, tf32, auto)
       to the fusion + DyHead head, kept fp32 by default because reduced precision there reorders detections.
+      Under autocast the Linear/Conv2d layers use kept copies of their weights in that type (kept_casts.py:
+      the values autocast would make, without casting them every frame; memory: half the layers' fp32 size).
     * ``max_chunk_batch``: prompt chunks per head call (memory vs. launches).
     * ``backbone_batch``: frames per Swin + FPN call; None means all on a GPU and one on a CPU (where Swin
       over several frames at once measured slower); the head always takes every frame of a size at once.
@@ -179,6 +182,13 @@ class GroundingEngine:
         self._run_lock = threading.Lock()  # graph replays reuse static buffers: one forward at a time
         # torch.compile of the tower layers ("head") and the backbone ("all"); see compiling.py.
         self.compiled = CompiledModules(self.model, compile)
+        # The layers that run under autocast get kept low-precision copies of their weights (kept_casts.py):
+        # Swin + FPN with a reduced ``precision``, the head too with head_precision "auto".
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self._kept_casts = {
+            "backbone": KeptCasts([self.model.backbone], low) if low else None,
+            "head": KeptCasts([self.model.rpn.head], low) if low and head_precision == "auto" else None,
+        }
         # Wait for the GPU at each stage boundary so ``timings`` are per stage (benchmarks); off by default,
         # since a CUDA stage otherwise returns as soon as its kernels are queued.
         self.sync_stages = False
@@ -336,8 +346,19 @@ class GroundingEngine:
             self.counters[f"graph_{k}"] = self.graphs.counters[k]
         return out
 
+    def _kept(self, stage: str):
+        kept = self._kept_casts[stage]
+        return contextlib.nullcontext() if kept is None else kept.applied()
+
+    def _refresh_kept_casts(self) -> None:
+        """Before a frame, outside any graph: weights changed in place reach the kept copies (in place, so
+        captured graphs see them); copies made anew void the graphs, which hold the old ones."""
+        for kept in self._kept_casts.values():
+            if kept is not None and kept.refresh() and self.graphs is not None:
+                self.graphs.clear()
+
     def _backbone(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        with self._autocast():
+        with self._autocast(), self._kept("backbone"):
             feats = self.model.encode_image(batch)
         # Reduced precision stops at the backbone unless head_precision says otherwise: the fusion softmaxes,
         # the BERT layers and the token logits decide rankings (measured: bf16 there reorders the top
@@ -366,13 +387,13 @@ class GroundingEngine:
         k = hidden.shape[0] // feats[0].shape[0]
         if k > 1:  # chunk-major batch: index = chunk * n_img + image
             feats = [f.repeat(k, 1, 1, 1) for f in feats]
-        with self._head_precision():
+        with self._head_precision(), self._kept("head"):
             return self.model.rpn.head(feats, TextFeatures(hidden, embedded, masks))
 
     def _visual_tower(self, *feats: torch.Tensor):
         """No early fusion: the tower (DyConv layers only) and the box outputs depend on the image only."""
         head = self.model.rpn.head
-        with self._head_precision():
+        with self._head_precision(), self._kept("head"):
             visual = list(feats)
             for layer in head.dyhead_tower:
                 visual = layer(visual)
@@ -425,6 +446,7 @@ class GroundingEngine:
         cfg = self.model.config.head
         t0 = time.perf_counter()
         with torch.inference_mode():
+            self._refresh_kept_casts()
             batch, sizes, scales = self.model.preprocess(images, min_size, max_size, device=self.device)
             t1 = time.perf_counter()
             feats = self._image_features(batch)

@@ -114,9 +114,10 @@ def test_graphed_equals_eager(preset, precision, head):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_graph_replays_follow_dcn_weights_changed_in_place():
+def test_graph_replays_follow_weights_changed_in_place():
     """The deformable convolutions keep their cast product weight between eager calls, but not in a
-    capture: a replay casts the weight again, so weights changed in place (same storage) reach it."""
+    capture: a replay casts the weight again; the Linear/Conv2d layers' kept bf16 copies (kept_casts.py)
+    are updated in place before the frame. Either way weights changed in place reach the replays."""
     from glip_ros.model.dyhead import ModulatedDeformConv
 
     torch.manual_seed(0)
@@ -130,9 +131,10 @@ def test_graph_replays_follow_dcn_weights_changed_in_place():
         before = graphed.detect(FRAMES, q, score_threshold=0.0)
     assert graphed.counters["graph_captures"] > 0
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, ModulatedDeformConv):
-                m.weight.mul_(3.0)
+        for root in (model.backbone, model.rpn.head):  # not the language model: the query's text is cached
+            for m in root.modules():
+                if isinstance(m, (ModulatedDeformConv, torch.nn.Linear, torch.nn.Conv2d)):
+                    m.weight.mul_(1.5)
     got = graphed.detect(FRAMES, q, score_threshold=0.0)
     eager = GroundingEngine(model, cuda_graphs=False, **kw)
     want = eager.detect(FRAMES, eager.prepare_query("red circle. blue square"), score_threshold=0.0)
