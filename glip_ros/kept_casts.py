@@ -58,22 +58,25 @@ class KeptCasts:
         which CUDA graphs captured before cannot see (the caller drops them); changed values are copied in
         place (False)."""
         current = [m._parameters[name] for m, name in self._slots]
-        stamps = [(p.data_ptr(), p.device, p.shape, p._version) for p in current]
+        # (storage, version): a move or a new tensor changes the storage; an in-place change the version
+        stamps = [(p.data_ptr(), p._version) for p in current]
         if self._copies and stamps == self._stamps:
             self._originals = current
             return False
+        in_place = bool(self._copies) and all(
+            s[0] == old[0] and p.shape == c.shape
+            for s, old, p, c in zip(stamps, self._stamps, current, self._copies, strict=True)
+        )
         with torch.no_grad():
-            if self._copies and all(s[:3] == old[:3] for s, old in zip(stamps, self._stamps, strict=True)):
+            if in_place:
                 for p, copy, s, old in zip(current, self._copies, stamps, self._stamps, strict=True):
                     if s != old:
                         copy.copy_(p)
-                remade = False
             else:
                 self._copies = [p.detach().to(self.dtype, copy=True) for p in current]
-                remade = True
         self._originals = current
         self._stamps = stamps
-        return remade
+        return not in_place
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
