@@ -130,7 +130,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "fp32",
         "Precision of the fusion/DyHead head: fp32 (default; only the backbone follows precision), "
         "tf32 (fp32 with TF32 matrix products on GPUs that have them: the fastest measured on H100/H200), "
-        "auto (the head follows precision too; with bf16 on an AMX Xeon GLIP-T's head ran 1.7x faster).",
+        "auto (the head follows precision too; with bf16 on an AMX Xeon GLIP-T's head ran 1.8x faster).",
         applies="configure",
         choices=("fp32", "tf32", "auto"),
     ),
