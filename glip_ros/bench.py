@@ -563,12 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--deform-impl",
         default=None,
-        choices=["auto", "sample", "gather", "index"],
+        choices=["auto", "sample", "gather", "index"],  # dyhead.DEFORM_IMPLS but the official path's own
         help="the cached path's deformable convolution: sample (grid_sample + modulation + product), gather "
         "(one weighted gather of the modulated columns, embedding_bag, + product; "
         "dyhead.deform_conv2d_gathered), index (the same gather as indexing + weighted sum, which a compiled "
-        "graph fuses into one kernel; eagerly slow) or auto (default: sample, gather in a graph compiled for "
-        "a CPU)",
+        "graph fuses into one kernel; eagerly slow) or auto (default: sample; gather on a CPU in a compiled "
+        "graph or under autocast)",
     )
     ap.add_argument("--checkpoint", help="benchmark these weights (default: random weights of --preset)")
     ap.add_argument(

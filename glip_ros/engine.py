@@ -132,8 +132,8 @@ class GroundingEngine:
 
     * ``precision`` (fp32, fp16 on CUDA, bf16) applies to Swin + FPN; ``head_precision`` (fp32, tf32, auto)
       to the fusion + DyHead head, kept fp32 by default because reduced precision there reorders detections.
-      Under autocast the Linear/Conv2d layers use kept copies of their weights in that type (kept_casts.py:
-      the values autocast would make, without casting them every frame; memory: half the layers' fp32 size).
+      Under autocast the Linear, Conv2d and DCN layers use kept copies of their weights in that type
+      (kept_casts.py: the values autocast would make, not cast every frame; memory: half their fp32 size).
     * ``max_chunk_batch``: prompt chunks per head call (memory vs. launches).
     * ``backbone_batch``: frames per Swin + FPN call; None means all on a GPU and one on a CPU (where Swin
       over several frames at once measured slower); the head always takes every frame of a size at once.

@@ -1,11 +1,13 @@
 """Low-precision copies of the weights that autocast would cast on every frame.
 
-Why: under autocast every ``nn.Linear`` / ``nn.Conv2d`` casts its fp32 weight (and bias) to the autocast
-type on each call. The engine turns autocast's cast cache off (a CUDA graph capture must not keep pointers
-into a cache freed after it), and that cache would only last one frame anyway: GLIP-T's bf16 frame cast 371
-weights, 31 ms of 594 on this project's 2-core CPU, and on a GPU each cast is a kernel of the replayed
-graph. Here the copies are made once and swapped in for the duration of a stage; autocast then finds them
-already in its type and casts nothing. The values are the ones autocast makes (the same ``.to(dtype)``).
+Why: under autocast every ``nn.Linear`` / ``nn.Conv2d`` (and each deformable convolution's product) casts
+its fp32 weight (and bias) to the autocast type on each call. The engine turns autocast's cast cache off (a
+CUDA graph capture must not keep pointers into a cache freed after it), and that cache would only last one
+frame anyway (and holds leaf tensors only, not the deformable convolutions' reshaped weights): GLIP-T's bf16
+frame cast 371 weights, 31 ms of 594 on this project's 2-core CPU, and on a GPU each cast is a kernel of
+the replayed graph. Here the copies are made once and swapped in for the duration of a stage; autocast then
+finds them already in its type and casts nothing. The values are the ones autocast makes (the same
+``.to(dtype)``).
 
 The copies follow the weights: :meth:`KeptCasts.refresh` (called before each frame, outside any graph)
 copies a weight changed in place (a checkpoint loaded into the model: new tensor version) into its copy,
@@ -21,14 +23,19 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from .model.dyhead import ModulatedDeformConv
+
 __all__ = ["KeptCasts"]
 
-# Modules whose forward autocast runs in its low-precision type on CPU and CUDA (linear, conv2d).
-_CAST_MODULES = (nn.Linear, nn.Conv2d)
+# Modules whose weights autocast casts to its low-precision type on CPU and CUDA: linear, conv2d, and the
+# deformable convolution's matrix product (dyhead.ModulatedDeformConv, whose reshaped weight autocast would
+# cast on every call).
+_CAST_MODULES = (nn.Linear, nn.Conv2d, ModulatedDeformConv)
 
 
 class KeptCasts:
-    """Kept ``dtype`` copies of the weights and biases of the Linear and Conv2d layers under ``roots``.
+    """Kept ``dtype`` copies of the weights and biases of the Linear, Conv2d and deformable convolution layers
+    under ``roots``.
 
     Use only where those layers run under autocast to ``dtype`` (their inputs are cast anyway): inside
     :meth:`applied` the layers see the copies, so a layer run outside autocast there would get mixed types.
@@ -67,7 +74,9 @@ class KeptCasts:
             s[0] == old[0] and p.shape == c.shape
             for s, old, p, c in zip(stamps, self._stamps, current, self._copies, strict=True)
         )
-        with torch.no_grad():
+        # Normal tensors, not inference tensors (the engine refreshes under inference mode): they keep a
+        # version counter, which the deformable convolutions' kept reordered weights key on.
+        with torch.inference_mode(False), torch.no_grad():
             if in_place:
                 for p, copy, s, old in zip(current, self._copies, stamps, self._stamps, strict=True):
                     if s != old:

@@ -115,9 +115,9 @@ def test_graphed_equals_eager(preset, precision, head):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_graph_replays_follow_weights_changed_in_place():
-    """The deformable convolutions keep their cast product weight between eager calls, but not in a
-    capture: a replay casts the weight again; the Linear/Conv2d layers' kept bf16 copies (kept_casts.py)
-    are updated in place before the frame. Either way weights changed in place reach the replays."""
+    """The kept bf16 weight copies (kept_casts.py) are updated in place before the frame, and the gathered
+    deformable convolution's kept reordered weight is made in the graph during a capture: weights changed
+    in place reach the replays."""
     from glip_ros.model.dyhead import ModulatedDeformConv
 
     torch.manual_seed(0)

@@ -57,7 +57,7 @@ class ModulatedDeformConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
         self.bias = nn.Parameter(torch.zeros(cout))
         nn.init.normal_(self.weight, 0, 0.01)
-        self._kept_product_weight: tuple[tuple, torch.Tensor] | None = None  # see _product_weight
+        self._kept_gathered_weight: tuple[tuple, torch.Tensor] | None = None  # see _gathered_weight
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ho = (x.shape[2] + 2 - 3) // self.stride + 1
@@ -75,13 +75,7 @@ class ModulatedDeformConv(nn.Module):
             impl = "gather" if cpu and (_is_compiling() or _autocast_dtype("cpu") is not None) else "sample"
         if impl == "sample":
             out = deform_conv2d_sampled(
-                x.float(),
-                offset.float(),
-                mask.float(),
-                self.weight,
-                self.bias,
-                self.stride,
-                product_weight=self._product_weight(False, _autocast_dtype(x.device.type)),
+                x.float(), offset.float(), mask.float(), self.weight, self.bias, self.stride
             )
             return out.to(dtype)
         if impl in ("gather", "index"):
@@ -93,7 +87,7 @@ class ModulatedDeformConv(nn.Module):
                 self.bias,
                 self.stride,
                 fused=impl == "index",
-                product_weight=self._product_weight(True, _autocast_dtype(x.device.type)),
+                product_weight=self._gathered_weight(),
             )
             return out.to(dtype)
         # The official op runs in fp32 (custom_fwd(cast_inputs=float32)).
@@ -108,31 +102,19 @@ class ModulatedDeformConv(nn.Module):
         )
         return out.to(dtype)
 
-    def _product_weight(self, gathered: bool, dtype: torch.dtype | None) -> torch.Tensor | None:
-        """The weight as the columns' product takes it, [Cout, taps x Cin] in the columns' order, in the
-        autocast type when one is on; None where that is a view of the weight (the sampled form in fp32).
-
-        Why kept between calls: the gathered form's (tap, channel) order is a copy of the weight, and
-        autocast casts a reshaped weight on every call (its cast cache holds leaf tensors only): 78 of each
-        per GLIP-T frame, 27 ms of a 420 ms bf16 head on this CPU. Kept for inference only (training and
-        compiled graphs make it in the graph, and so does a CUDA graph's capture, whose replays then follow
-        a weight loaded in place), and made again when the weight changes (a checkpoint loads in place: new
-        version) or moves (new storage)."""
-        if not gathered and dtype is None:
-            return None
+    def _gathered_weight(self) -> torch.Tensor:
+        """The weight in the gathered columns' (tap, channel) order, [Cout, taps x Cin]: a copy of the weight
+        (2.4 MB for GLIP-T, 78 per frame), so kept between inference calls. Made again when the weight
+        changes in place (new version: a checkpoint load, or the engine's kept low-precision copy refreshed,
+        kept_casts.py) or is another tensor; not kept in training, compiled graphs or a CUDA graph's
+        capture (there it is made in the graph, whose replays then follow the weight)."""
         w = self.weight
-
-        def make() -> torch.Tensor:
-            w2d = w.permute(0, 2, 3, 1) if gathered else w
-            w2d = w2d.reshape(w.shape[0], -1)
-            return w2d if dtype is None else w2d.to(dtype)
-
         if torch.is_grad_enabled() or _is_compiling() or _capturing(w.device):
-            return make()
-        key = (gathered, dtype, w.device, w.data_ptr(), w._version)
-        kept = self._kept_product_weight
+            return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+        key = (w.device, w.dtype, w.data_ptr(), w._version)
+        kept = self._kept_gathered_weight
         if kept is None or kept[0] != key:
-            self._kept_product_weight = kept = (key, make())
+            self._kept_gathered_weight = kept = (key, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1))
         return kept[1]
 
 
@@ -148,7 +130,6 @@ def deform_conv2d_sampled(
     bias: torch.Tensor,
     stride: int,
     padding: int = 1,
-    product_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Modulated deformable 3x3 convolution as bilinear sampling (``grid_sample``) + one matrix product.
 
@@ -157,7 +138,6 @@ def deform_conv2d_sampled(
     (zero outside the image; torchvision returns 0 beyond one pixel out, where every corner is outside
     anyway) and stays in fp32 (sample positions need the precision); the product follows autocast.
     Offsets use torchvision's layout: channel 2k is the row shift of tap k, 2k+1 its column shift.
-    ``product_weight``: the weight as [Cout, Cin x taps] (in the product's type), if the caller keeps one.
     """
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]
@@ -168,14 +148,7 @@ def deform_conv2d_sampled(
         return torch.cat(
             [
                 deform_conv2d_sampled(
-                    x[i : i + 1],
-                    offset[i : i + 1],
-                    mask[i : i + 1],
-                    weight,
-                    bias,
-                    stride,
-                    padding,
-                    product_weight,
+                    x[i : i + 1], offset[i : i + 1], mask[i : i + 1], weight, bias, stride, padding
                 )
                 for i in range(b)
             ]
@@ -206,8 +179,9 @@ def deform_conv2d_sampled(
         cols = cols.mul_(mask.view(b, 1, ntap, ho, wo))
     else:
         cols = cols * mask.view(b, 1, ntap, ho, wo)
-    w2d = weight.reshape(weight.shape[0], -1) if product_weight is None else product_weight
-    return _columns_product(w2d, cols.view(b, c * ntap, ho * wo), bias, ho, wo)
+    return _columns_product(
+        weight.reshape(weight.shape[0], -1), cols.view(b, c * ntap, ho * wo), bias, ho, wo
+    )
 
 
 def _columns_product(
@@ -248,7 +222,7 @@ def deform_conv2d_gathered(
     ``embedding_bag``, which a compiler keeps as a call of its own: inductor fuses the indexing, the sum and
     the index arithmetic into one kernel that writes the columns once. Eagerly that form writes the four
     corners' values out first (4x the columns): for compiled graphs only. ``product_weight``: the weight
-    as [Cout, taps x Cin] (tap-major, in the product's type), if the caller keeps one.
+    as [Cout, taps x Cin] (tap-major), if the caller keeps one.
     """
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]

@@ -445,33 +445,30 @@ def test_kept_anchors_follow_the_cell_anchors_a_checkpoint_loads():
         assert torch.equal(y, x + 1.0)
 
 
-@pytest.mark.parametrize("impl", ["sample", "gather"])
-def test_dcn_keeps_its_product_weight_for_inference_only_and_follows_the_weight(impl):
-    """The product's weight (reordered and/or cast) is kept between inference calls, gives what the
-    unkept one gives, is made again when the weight is loaded in place or moved, and is not used where
-    gradients are needed (training gets the weight's gradient)."""
+@pytest.mark.parametrize("autocast", [False, True])
+def test_gathered_dcn_keeps_its_reordered_weight_for_inference_only_and_follows_the_weight(autocast):
+    """The gathered form's (tap, channel)-ordered weight is kept between inference calls, gives what the
+    unkept one gives, is made again when the weight is loaded in place (as a checkpoint, or the engine's
+    kept bf16 copy refreshed), and is not used where gradients are needed (training gets the gradient)."""
     from glip_ros.model import dyhead
 
     torch.manual_seed(6)
     conv = dyhead.ModulatedDeformConv(8, 6, 1)
-    dyhead.set_deform_impl(conv, impl)
+    dyhead.set_deform_impl(conv, "gather")
     x, offset, mask = torch.randn(1, 8, 7, 9), torch.randn(1, 18, 7, 9), torch.rand(1, 9, 7, 9)
-    for autocast in (False, True):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            first = conv(x, offset, mask)
-            kept = conv._kept_product_weight
-            again = conv(x, offset, mask)
-            assert conv._kept_product_weight is kept and torch.equal(first, again)
-            if impl == "sample" and not autocast:
-                assert kept is None  # a view of the weight: nothing to keep
-            elif autocast:
-                assert kept[1].dtype == torch.bfloat16
-            new_weight = torch.randn_like(conv.weight)
-            conv.load_state_dict({"weight": new_weight, "bias": conv.bias.detach()})  # in place
-            fresh = dyhead.ModulatedDeformConv(8, 6, 1)
-            dyhead.set_deform_impl(fresh, impl)
-            fresh.load_state_dict(conv.state_dict())
-            assert torch.equal(conv(x, offset, mask), fresh(x, offset, mask))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        first = conv(x, offset, mask)
+        kept = conv._kept_gathered_weight
+        assert kept is not None and torch.equal(kept[1], conv.weight.permute(0, 2, 3, 1).reshape(6, -1))
+        again = conv(x, offset, mask)
+        assert conv._kept_gathered_weight is kept and torch.equal(first, again)
+        conv.load_state_dict(
+            {"weight": torch.randn_like(conv.weight), "bias": conv.bias.detach()}
+        )  # in place
+        fresh = dyhead.ModulatedDeformConv(8, 6, 1)
+        dyhead.set_deform_impl(fresh, "gather")
+        fresh.load_state_dict(conv.state_dict())
+        assert torch.equal(conv(x, offset, mask), fresh(x, offset, mask))
     conv.zero_grad()
     conv(x, offset, mask).square().sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
