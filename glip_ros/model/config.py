@@ -23,6 +23,7 @@ __all__ = [
     "GLIPConfig",
     "PRESETS",
     "get_preset",
+    "model_spec_error",
     "config_from_official_yaml",
     "resolve_config",
 ]
@@ -242,6 +243,20 @@ PRESETS = {
     "glip_tiny_test_a": lambda: _no_fusion(_glip_tiny_test(), "glip_tiny_test_a"),
     "glip_synth_tiny": _glip_synth_tiny,
 }
+
+
+def model_spec_error(spec: str) -> str | None:
+    """Why ``spec`` cannot name an architecture (None if it can): a preset name or an existing YAML file.
+
+    Cheap and torch-free, so a caller (the node's parameter check) can refuse a typo when it is set instead
+    of at the next model load.
+    """
+    spec = spec.strip()
+    if spec.endswith((".yaml", ".yml")):
+        return None if os.path.isfile(os.path.expanduser(spec)) else f"config file not found: {spec!r}"
+    if spec in PRESETS:
+        return None
+    return f"unknown preset {spec!r}; choose one of {sorted(PRESETS)} or an official config .yaml"
 
 
 def get_preset(name: str) -> GLIPConfig:

@@ -261,6 +261,12 @@ class GlipNode(LifecycleNode):
                 return self._refuse(f"'{p.name}' must be one of {list(spec.choices)}, got {p.value!r}")
             if p.name == "checkpoint" and p.value and not os.path.isfile(os.path.expanduser(p.value)):
                 return self._refuse(f"checkpoint file not found: {p.value!r}")
+            if p.name == "preset" and p.value.strip():
+                from glip_ros.model.config import model_spec_error
+
+                error = model_spec_error(p.value)
+                if error:
+                    return self._refuse(f"'preset': {error}")
             if p.name == "device" and not _valid_device(p.value):
                 return self._refuse(f"'device' must be auto, cpu, cuda or cuda:N, got {p.value!r}")
             if p.name == "cameras":

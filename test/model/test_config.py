@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from glip_ros.model.config import config_from_official_yaml, get_preset, resolve_config
+from glip_ros.model.config import config_from_official_yaml, get_preset, model_spec_error, resolve_config
 
 # Written the way the official configs/pretrain/*.yaml are: tuples as strings, only non-default keys.
 GLIP_T_YAML = """
@@ -68,3 +68,12 @@ def test_bad_configs_are_explained(tmp_path):
         config_from_official_yaml(str(rcnn))
     with pytest.raises(ValueError, match="unknown preset"):
         resolve_config("glip_xl")
+
+
+def test_model_spec_error_names_the_problem(tmp_path):
+    assert model_spec_error("glip_t") is None and model_spec_error(" glip_l ") is None
+    yaml_file = tmp_path / "glip_Swin_T_O365_GoldG.yaml"
+    yaml_file.write_text("MODEL: {}\n")
+    assert model_spec_error(str(yaml_file)) is None
+    assert "unknown preset 'glip_tt'" in model_spec_error("glip_tt") and "glip_t_a" in model_spec_error("x")
+    assert "config file not found" in model_spec_error(str(tmp_path / "missing.yaml"))

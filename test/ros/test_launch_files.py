@@ -62,6 +62,25 @@ def _nodes(tree: ast.AST) -> list[dict[str, Any]]:
     return out
 
 
+def _overrides(tree: ast.Module) -> set[str]:
+    """Keys of a module-level ``OVERRIDES`` dict: parameters a launch file lays over its params file."""
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(getattr(t, "id", None) == "OVERRIDES" for t in stmt.targets):
+            assert isinstance(stmt.value, ast.Dict)
+            return {_const(k) for k in stmt.value.keys}
+    return set()
+
+
+def _launch_defaults(tree: ast.AST) -> dict[str, Any]:
+    """Launch argument name -> its constant default_value (None where not a constant)."""
+    out = {}
+    for c in ast.walk(tree):
+        if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "DeclareLaunchArgument":
+            default = next((kw.value for kw in c.keywords if kw.arg == "default_value"), None)
+            out[_const(c.args[0])] = None if default is None else _const(default)
+    return out
+
+
 def _config_files(tree: ast.AST) -> list[str]:
     """Files named as os.path.join(share, "config", "<file>")."""
     files = []
@@ -108,7 +127,7 @@ def test_launch_file_parses_and_names_only_things_that_exist(rel: str) -> None:
         assert spec is not None and spec.origin, module
         with open(spec.origin) as f:
             assert "def main(" in f.read()
-        unknown = n["params"] - _declared(module) - STANDARD_PARAMS
+        unknown = (n["params"] | _overrides(tree)) - _declared(module) - STANDARD_PARAMS
         assert not unknown, f"{rel}: {exe} is given undeclared parameters {unknown}"
     for f in _config_files(tree):
         assert os.path.isfile(os.path.join(REPO, f)), f"{rel} names {f}, which does not exist"
@@ -131,7 +150,12 @@ def test_glip_launch_arguments_and_remap() -> None:
     assert {"image", "query", "params_file", "use_sim_time"} <= declared
     (node,) = _nodes(tree)
     assert node["remaps"] == ["image"]
-    assert {"query", "use_sim_time"} <= node["params"]
+    overrides = _overrides(tree)
+    assert {"query", "checkpoint", "device", "use_sim_time"} <= overrides
+    # An override given by default would replace the params file's value of it whatever the file says.
+    defaults = _launch_defaults(tree)
+    assert all(defaults.get(name) == "" for name in overrides), defaults
+    assert not node["params"] & overrides
     assert "config/glip.yaml" in _config_files(tree)
 
 

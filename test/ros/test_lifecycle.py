@@ -83,7 +83,14 @@ def test_missing_checkpoint_leaves_the_node_alive_and_unconfigured(managed) -> N
     assert not res.successful and "not found" in res.reason
     (res,) = client.set_parameters(NODE, {"checkpoint": 42})
     assert not res.successful
-    assert int(client.grounding_status()["bad_input.param_rejected"]) >= 2
+    # a preset typo is refused when set (naming the presets), not at the next configure
+    (res,) = client.set_parameters(NODE, {"preset": "glip_tt"})
+    assert not res.successful and "unknown preset 'glip_tt'" in res.reason and "glip_t_a" in res.reason
+    (res,) = client.set_parameters(NODE, {"preset": "/missing/glip_Swin_T_O365_GoldG.yaml"})
+    assert not res.successful and "config file not found" in res.reason
+    results = client.set_parameters(NODE, {"preset": "glip_t"})
+    assert all(r.successful for r in results), [r.reason for r in results]
+    assert int(client.grounding_status()["bad_input.param_rejected"]) >= 4
 
 
 def test_reconfigure_with_a_valid_checkpoint_and_compressed_input(managed, tiny_checkpoint) -> None:
