@@ -47,10 +47,26 @@ def detect_main(argv=None) -> int:
     from .prompt import QueryError
 
     try:
-        image = np.asarray(Image.open(args.image).convert("RGB"))
+        pil = Image.open(args.image)
+        if pil.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            # PIL's convert("RGB") clips these to 255: a silently white image
+            print(
+                f"glip-detect: {args.image} is a {pil.mode} (16-bit or float) image; "
+                "convert it to 8-bit first",
+                file=sys.stderr,
+            )
+            return 2
+        image = np.asarray(pil.convert("RGB"))
     except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
         print(f"glip-detect: cannot read image {args.image}: {e}", file=sys.stderr)
         return 2
+    if args.out:
+        import os
+
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(out_dir):
+            print(f"glip-detect: --out folder does not exist: {out_dir}", file=sys.stderr)
+            return 2
     try:
         det = GLIPDetector.from_checkpoint(
             args.checkpoint,

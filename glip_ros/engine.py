@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import numbers
 import threading
 import time
 from collections import OrderedDict
@@ -90,6 +91,24 @@ def validate_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
+_MAX_PIXELS = 1 << 26  # resized frame size limit (64 Mpx, ~50x GLIP's 800x1333 test size)
+
+
+def _check_detect_args(score_threshold, min_size, max_size) -> None:
+    """Clear errors for arguments that otherwise fail deep in PIL/torch or silently return nothing."""
+    if isinstance(score_threshold, bool) or not isinstance(score_threshold, numbers.Real):
+        raise ValueError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
+    if not 0.0 <= float(score_threshold) <= 1.0:  # also rejects NaN
+        raise ValueError(
+            f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}"
+        )
+    for name, v in (("min_size", min_size), ("max_size", max_size)):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, -1 (model default) or None, got {v!r}")
+
+
 @dataclass
 class PreparedQuery:
     query_id: int
@@ -160,7 +179,10 @@ class GroundingEngine:
     ):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N' ({e})") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
         if precision == "fp16" and self.device.type != "cuda":
@@ -274,6 +296,13 @@ class GroundingEngine:
             raise QueryError(
                 f"query has {len(text)} characters, more than max_query_chars={self.max_query_chars}"
             )
+        if isinstance(text, (list, tuple)):
+            n = sum(len(p) + 3 for p in text if isinstance(p, str))  # its caption "p1 . p2 . "
+            if n > self.max_query_chars:
+                raise QueryError(
+                    f"phrase list has {n} caption characters, "
+                    f"more than max_query_chars={self.max_query_chars}"
+                )
         prompts = build_prompts(
             text, self.tokenizer, phrases=phrases, max_len=self.model.config.language.max_query_len
         )
@@ -412,6 +441,7 @@ class GroundingEngine:
         images = [validate_image(im) for im in images]
         min_size = self.min_size if min_size == -1 else min_size
         max_size = self.max_size if max_size == -1 else max_size
+        _check_detect_args(score_threshold, min_size, max_size)
         results: list[list[Detection] | None] = [None] * len(images)
         for group in self._groups(images, min_size, max_size):
             cands, scales = self.candidates([images[i] for i in group], query, min_size, max_size)
@@ -424,12 +454,40 @@ class GroundingEngine:
         self.counters["frames"] += len(images)
         return results  # type: ignore[return-value]
 
+    def frame_size_error(
+        self, height: int, width: int, min_size: int | None = -1, max_size: int | None = -1
+    ) -> str | None:
+        """Why a ``height`` x ``width`` frame cannot be run at these sizes (None if it can).
+
+        A caller that batches frames (the node) checks each one first: one unusable frame would otherwise
+        fail the whole batched call and every other camera's frame in it.
+        """
+        from .model import resize_shape
+
+        min_size = self.min_size if min_size == -1 else min_size
+        max_size = self.max_size if max_size == -1 else max_size
+        h, w = resize_shape(height, width, min_size, max_size)
+        if h < 1 or w < 1:
+            return (
+                f"image {height}x{width} would be resized to {h}x{w} with min_size={min_size}, "
+                f"max_size={max_size} (aspect ratio too extreme): crop it or pass min_size=None"
+            )
+        if h * w > _MAX_PIXELS:
+            return (
+                f"image {height}x{width} would be resized to {h}x{w} ({h * w} pixels, more than "
+                f"{_MAX_PIXELS}): lower min_size or set max_size"
+            )
+        return None
+
     def _groups(self, images, min_size, max_size) -> list[list[int]]:
         from .model import resize_shape
 
         div = self.model.config.size_divisibility
         groups: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
         for i, im in enumerate(images):
+            error = self.frame_size_error(im.shape[0], im.shape[1], min_size, max_size)
+            if error:
+                raise ImageError(error)
             h, w = resize_shape(im.shape[0], im.shape[1], min_size, max_size)
             key = (-(-h // div) * div, -(-w // div) * div) if div > 0 else (h, w)
             groups.setdefault(key, []).append(i)

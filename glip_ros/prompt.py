@@ -6,7 +6,11 @@ Three ways a user asks:
 * a list of phrases: the official demo's caption ``"p1 . p2 . "`` with one span per phrase;
 * a sentence with explicit ``phrases`` (phrase grounding, as the demo's entities): every occurrence of each
   phrase in the caption is a span of that phrase; (start, end) character spans are accepted too.
-Prompts longer than 256 tokens are split into chunks of whole phrases, as the official LVIS evaluation does.
+Prompts longer than 256 tokens are split into chunks of whole phrases. The official LVIS evaluation also
+chunks, but at a fixed 40 names per chunk, captions joined by ". " (no trailing period), its top detections
+kept per chunk (``DETECTIONS_PER_IMG``, 300 in its LVIS config);
+here each chunk is filled to the token budget (fewer forwards) and one NMS + top 100 runs over all chunks,
+so scores of queries over 256 tokens are not the official LVIS protocol's (docs/MODELS.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ __all__ = ["QueryError", "Prompt", "split_query", "build_prompt", "build_prompts
 
 MAX_QUERY_LEN = 256
 TOKEN_PAD = 1 << 30  # "no token" in Prompt.phrase_index: larger than any prompt length
-_SEPARATORS = re.compile(r"[.,;\n]")
+# A period between two digits is a decimal point ("3.5 inch floppy"), not a separator.
+_SEPARATORS = re.compile(r"[,;\n]|(?<!\d)\.|\.(?!\d)")
 PhraseSpec = str | tuple[int, int] | Sequence[tuple[int, int]]
 
 
@@ -73,7 +78,7 @@ class Prompt:
 
 
 def split_query(query: str) -> list[str]:
-    """Phrases of a query string: separators are periods, commas, semicolons and newlines."""
+    """Phrases of a query string, separated by periods (not decimal points), commas, semicolons, newlines."""
     if not isinstance(query, str):
         raise QueryError(f"query must be a string, got {type(query).__name__}")
     return [" ".join(p.split()) for p in _SEPARATORS.split(query) if p.strip() and _has_word(p)]
@@ -86,10 +91,45 @@ def _has_word(s: str) -> bool:
 def _locate(caption: str, phrase: str, start: int) -> tuple[int, int] | None:
     """Find ``phrase`` in ``caption`` from ``start``, tolerating different whitespace."""
     pattern = r"\s+".join(re.escape(w) for w in phrase.split())
+    if not pattern:
+        return None  # an empty pattern matches everywhere with length 0
     m = re.compile(pattern).search(caption, start) or re.compile(pattern, re.IGNORECASE).search(
         caption, start
     )
     return (m.start(), m.end()) if m else None
+
+
+def _locate_all(caption: str, phrase: str) -> list[tuple[int, int]]:
+    """Every occurrence of ``phrase`` (case-insensitive, as the official ``run_ner`` on the lowercased
+    caption; the uncased tokenizer ignores case anyway), tolerating different whitespace."""
+    pattern = r"\s+".join(re.escape(w) for w in phrase.split())
+    if not pattern:
+        return []
+    return [(m.start(), m.end()) for m in re.finditer(pattern, caption, re.IGNORECASE)]
+
+
+def _span_list(p, query: str) -> list[tuple[int, int]]:
+    """A (start, end) span or a sequence of them -> list of int pairs inside ``query``; else QueryError."""
+
+    def is_pair(x) -> bool:
+        return (
+            isinstance(x, (tuple, list))
+            and len(x) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+        )
+
+    if is_pair(p):
+        sp = [tuple(p)]
+    elif isinstance(p, (tuple, list)) and p and all(is_pair(x) for x in p):
+        sp = [tuple(x) for x in p]
+    else:
+        raise QueryError(
+            f"each phrase must be a string or an integer (start, end) span (or a list of them), got {p!r}"
+        )
+    for b, e in sp:
+        if not (0 <= b < e <= len(query)):
+            raise QueryError(f"span ({b}, {e}) is outside the caption (length {len(query)})")
+    return sp
 
 
 def _token_positions(encoding, spans: list[tuple[int, int]], max_len: int) -> list[int]:
@@ -169,9 +209,14 @@ def build_prompts(
     """
     tokenizer = tokenizer or get_tokenizer()
     if isinstance(query, (list, tuple)):
-        names = [" ".join(str(p).split()) for p in query if isinstance(p, str) and _has_word(p)]
-        if not names:
-            raise QueryError("the phrase list is empty (no phrase has a letter or digit)")
+        if not query:
+            raise QueryError("the phrase list is empty")
+        for i, p in enumerate(query):  # dropping one would shift every later phrase_index
+            if not isinstance(p, str):
+                raise QueryError(f"phrase {i} of the list is a {type(p).__name__}, not a string: {p!r}")
+            if not _has_word(p):
+                raise QueryError(f"phrase {i} of the list has no letter or digit: {p!r}")
+        names = [" ".join(p.split()) for p in query]
         caption, spans = "", []
         for w in names:  # official demo caption for a list: "w1 . w2 . "
             spans.append([(len(caption), len(caption) + len(w))])
@@ -182,34 +227,36 @@ def build_prompts(
     if not query.strip():
         raise QueryError("the query is empty")
     if phrases is not None:
+        if isinstance(phrases, str):
+            raise QueryError(f"phrases must be a list of phrases, not one string: use [{phrases!r}]")
         names, spans = [], []
         for p in phrases:
             if isinstance(p, str):
-                found, pos = [], 0
-                while True:
-                    s = _locate(query, p, pos)
-                    if s is None:
-                        break
-                    found.append(s)
-                    pos = s[1]
+                if not _has_word(p):
+                    raise QueryError(f"phrase {p!r} has no letter or digit")
+                found = _locate_all(query, p)
                 if not found:
                     raise QueryError(f"phrase {p!r} does not occur in the caption")
                 names.append(" ".join(p.split()))
                 spans.append(found)
             else:
-                sp = (
-                    [tuple(p)]
-                    if len(p) == 2 and all(isinstance(x, int) for x in p)
-                    else [tuple(x) for x in p]
-                )
-                for b, e in sp:
-                    if not (0 <= b < e <= len(query)):
-                        raise QueryError(f"span ({b}, {e}) is outside the caption (length {len(query)})")
+                sp = _span_list(p, query)
                 names.append(query[sp[0][0] : sp[0][1]])
                 spans.append(sp)
         if not names:
             raise QueryError("no phrases given")
-        return _chunked(query, names, spans, tokenizer, max_len)
+        n_tok = len(tokenizer(query, add_special_tokens=True)["input_ids"])
+        if n_tok > max_len:
+            # Chunking would replace the sentence by a bare phrase list: not phrase grounding any more.
+            raise QueryError(
+                f"the sentence needs {n_tok} tokens; a prompt holds {max_len}: "
+                "shorten it to ground phrases in it"
+            )
+        prompts = _chunked(query, names, spans, tokenizer, max_len)
+        for name, toks in zip(names, prompts[0].token_lists, strict=True):
+            if not toks:
+                raise QueryError(f"phrase {name!r} covers no token of the caption (only spaces?)")
+        return prompts
     names = split_query(query)
     if not names:
         raise QueryError(f"the query has no words, only punctuation or spaces: {query[:40]!r}")

@@ -100,3 +100,17 @@ def test_gpu_bench_runs_are_glip_bench_commands():
         assert args.preset.startswith("glip_"), name
     unknown = set(default.group(1).split()) - set(runs)
     assert not unknown, f"DEFAULT names runs the script does not define: {sorted(unknown)}"
+
+
+def test_detect_refuses_16_bit_images_and_a_missing_output_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    deep = tmp_path / "depth.png"
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(deep)  # convert("RGB") would clip it to white
+    r = _run(str(deep), "--query", "cat")
+    assert r.returncode == 2 and "8-bit" in r.stderr, r.stderr
+    img = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(img)
+    r = _run(str(img), "--query", "cat", "--out", str(tmp_path / "missing" / "out.png"))
+    assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr

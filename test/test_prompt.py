@@ -31,6 +31,9 @@ def test_entities_in_a_sentence_at_every_occurrence_and_char_spans():
         build_prompt(cap, phrases=["zebra"])
     with pytest.raises(QueryError, match="outside"):
         build_prompt(cap, phrases=[(5, 500)])
+    for empty in ("", "   "):  # an empty pattern matches everywhere: this used to loop forever
+        with pytest.raises(QueryError, match="no letter or digit"):
+            build_prompt(cap, phrases=[empty])
 
 
 def test_sentence_mode_takes_content_words():
@@ -71,3 +74,43 @@ def test_sentence_phrases_come_from_the_grounded_tokens(reduced_model, fixture_i
         assert d.phrase in caption  # a contiguous piece of the sentence
         assert words[d.phrase_index] in d.phrase.split()  # containing the word the box was scored on
         assert d.phrase.split()[0] not in ("the", "next", "to")
+
+
+def test_phrases_in_a_sentence_are_found_at_every_occurrence_whatever_the_case():
+    # the tokenizer is uncased and the official run_ner searches the lowercased caption
+    assert build_prompt("Dog and dog", phrases=["dog"]).spans == [[(0, 3), (8, 11)]]
+    assert build_prompt("dog and Dog", phrases=["DOG"]).spans == [[(0, 3), (8, 11)]]
+
+
+@pytest.mark.parametrize(
+    "phrases,match",
+    [
+        ("cup", "not one string"),
+        ([(2.0, 5.0)], "integer"),
+        ([None], "integer"),
+        ([("red", "cup")], "integer"),
+        ([(2, 5, 7)], "integer"),
+        ([(1, 2)], "covers no token"),  # the space between "a" and "red"
+    ],
+)
+def test_malformed_phrases_are_refused_with_the_reason(phrases, match):
+    with pytest.raises(QueryError, match=match):
+        build_prompts("a red cup", phrases=phrases)
+
+
+def test_phrase_grounding_in_a_sentence_longer_than_a_prompt_is_refused():
+    # chunking would replace the sentence by a bare phrase list: no longer grounding in the sentence
+    with pytest.raises(QueryError, match="the sentence needs"):
+        build_prompts(" ".join(["word"] * 300), phrases=["word"])
+
+
+def test_a_phrase_list_item_that_cannot_be_a_phrase_is_refused_not_dropped():
+    # dropping it would shift every later phrase_index against the caller's list
+    for bad, match in ((["", "cup"], "phrase 0 .* no letter"), (["cup", 5], "phrase 1 .* int")):
+        with pytest.raises(QueryError, match=match):
+            build_prompts(bad)
+
+
+def test_a_decimal_point_does_not_split_a_phrase():
+    assert split_query("3.5 inch floppy. cup, 0.5 l bottle.") == ["3.5 inch floppy", "cup", "0.5 l bottle"]
+    assert split_query("mug.2 cups") == ["mug", "2 cups"]

@@ -56,7 +56,7 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def summary(self, limit: int = 8) -> str:
-        parts = [f"{self.loaded} tensors loaded"]
+        parts = [f"{self.loaded} tensors match"]
         for name, items in (("missing", self.missing), ("unexpected", self.unexpected)):
             if items:
                 shown = ", ".join(items[:limit]) + (
@@ -105,6 +105,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path} (truncated or not a PyTorch checkpoint?): {e}") from e
+    except Exception as e:  # noqa: BLE001 - garbage bytes surface as KeyError/IndexError/... from the unpickler
+        raise CheckpointError(
+            f"cannot read {path}: not a PyTorch checkpoint ({type(e).__name__}: {e})"
+        ) from e
     return _extract_model_state(obj, path)
 
 
@@ -122,7 +126,13 @@ def _extract_model_state(obj: Any, origin: str) -> dict[str, torch.Tensor]:
         if isinstance(v, torch.Tensor):
             out[str(k)] = v
     if not out:
-        raise CheckpointError(f"{origin}: no tensors found")
+        keys = sorted(str(k) for k in obj)
+        if "model_ema" in keys:
+            raise CheckpointError(
+                f"{origin}: has 'model_ema' but no 'model' entry; GLIP inference uses 'model' "
+                "(microsoft/GLIP#59). To use the EMA weights, save ckpt['model_ema'] as the state_dict."
+            )
+        raise CheckpointError(f"{origin}: no tensors found (top-level keys: {keys[:10]})")
     return out
 
 
@@ -167,6 +177,7 @@ def load_checkpoint(
         target = own[k]
         to_load[k] = v.to(target.dtype) if v.is_floating_point() and target.is_floating_point() else v
     report.missing = [k for k in own if k not in sd and k not in to_load]
+    report.loaded = len(to_load)  # in a strict failure: how many WOULD load (nothing is copied)
     if strict and not report.ok:
         raise CheckpointError(
             f"checkpoint {origin} does not fit this model ({_model_name(model)}): {report.summary()}"

@@ -332,6 +332,11 @@ def config_from_official_yaml(path: str, bert_config: str | dict[str, Any] | Non
             f"{path}: SWINT.OUT_CHANNELS {out_channels} must equal {expected} for EMBED_DIM {sw.embed_dim}"
         )
 
+    score_agg = str(_get(model, "DYHEAD.SCORE_AGG", "MEAN"))
+    if score_agg != "MEAN":  # post-processing implements the MEAN of token probabilities only
+        raise ValueError(f"{path}: DYHEAD.SCORE_AGG {score_agg!r} is not supported (only MEAN)")
+    if int(_get(model, "LANGUAGE_BACKBONE.N_LAYERS", 1)) != 1:
+        raise ValueError(f"{path}: LANGUAGE_BACKBONE.N_LAYERS must be 1 (the last BERT layer)")
     lang = LanguageConfig(max_query_len=int(_get(model, "LANGUAGE_BACKBONE.MAX_QUERY_LEN", 256)))
     if bert_config is not None:
         if isinstance(bert_config, str):

@@ -95,3 +95,21 @@ def test_saved_checkpoint_carries_config(tiny, tmp_path):
     save_checkpoint(tiny, path, dtype=torch.float16)
     eng = GroundingEngine.from_checkpoint(path)
     assert eng.model.config.name == "glip_tiny_test"
+
+
+def test_garbage_and_ema_only_files_are_explained(tiny, tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"hello world" * 10)  # the unpickler raises a bare KeyError on this
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tiny, str(garbage))
+    ema = str(tmp_path / "ema.pth")
+    torch.save({"model_ema": tiny.state_dict()}, ema)
+    with pytest.raises(CheckpointError, match="model_ema"):
+        load_checkpoint(tiny, ema)
+
+
+def test_a_misfit_report_says_how_much_matches(tiny, tmp_path):
+    path = str(tmp_path / "tiny.safetensors")
+    save_checkpoint(tiny, path)
+    with pytest.raises(CheckpointError, match=r"does not fit .*: [1-9]\d* tensors match"):
+        load_checkpoint(build_model("glip_tiny_test_a"), path)

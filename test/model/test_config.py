@@ -77,3 +77,12 @@ def test_model_spec_error_names_the_problem(tmp_path):
     assert model_spec_error(str(yaml_file)) is None
     assert "unknown preset 'glip_tt'" in model_spec_error("glip_tt") and "glip_t_a" in model_spec_error("x")
     assert "config file not found" in model_spec_error(str(tmp_path / "missing.yaml"))
+
+
+def test_official_settings_that_are_not_implemented_are_refused(tmp_path):
+    for line, key in (("    SCORE_AGG: MAX\n", "SCORE_AGG"), ("    N_LAYERS: 2\n", "N_LAYERS")):
+        section = "  DYHEAD:\n" if key == "SCORE_AGG" else "  LANGUAGE_BACKBONE:\n"
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(GLIP_T_YAML.format(early="True").replace(section, section + line, 1))
+        with pytest.raises(ValueError, match=key):
+            config_from_official_yaml(str(path))

@@ -72,3 +72,36 @@ def test_grayscale_rgba_and_tiny_images_are_defined(det):
 def test_bad_images(det, bad, match):
     with pytest.raises(ImageError, match=match):
         det.predict(bad, "red circle", min_size=None)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(score_threshold=float("nan")), "score_threshold"),
+        (dict(score_threshold=1.5), "score_threshold"),
+        (dict(score_threshold=None), "score_threshold"),
+        (dict(min_size=0), "min_size"),
+        (dict(min_size=-5), "min_size"),
+        (dict(min_size=True), "min_size"),
+        (dict(max_size=0), "max_size"),
+    ],
+)
+def test_bad_detect_arguments_are_named(det, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        det.predict(RGB, "red circle", **kwargs)
+
+
+def test_frames_the_model_cannot_take_are_refused_before_running(det):
+    with pytest.raises(ImageError, match="aspect ratio too extreme"):
+        det.predict(np.zeros((1, 5000, 3), np.uint8), "red circle", min_size=256, max_size=448)
+    with pytest.raises(ImageError, match="pixels"):  # would have needed tens of GB
+        det.predict(RGB, "red circle", min_size=100_000, max_size=None)
+    assert det.engine.frame_size_error(64, 96) is None
+
+
+def test_a_phrase_list_counts_against_max_query_chars():
+    from glip_ros.engine import GroundingEngine
+
+    engine = GroundingEngine(build_model("glip_tiny_test"), max_query_chars=100)
+    with pytest.raises(QueryError, match="max_query_chars"):
+        engine.prepare_query([f"thing{i}" for i in range(30)])
