@@ -35,6 +35,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -67,6 +68,7 @@ BAD_INPUT_KINDS: tuple[str, ...] = (
     "short_data",
     "odd_width",
     "corrupt_compressed",
+    "unusable_size",
     "invalid_utf8",
     "query_too_long",
     "query_rejected",
@@ -152,8 +154,14 @@ class GlipNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._param_types: dict[str, Any] = {}
+        startup_rejects: list[str] = []
         for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+            try:
+                self.declare_parameter(spec.name, spec.default, spec.descriptor())
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+                # A wrong type or an out-of-range value given at start: rclpy raises (the node would die).
+                startup_rejects.append(f"{exc}; using the default {spec.default!r}")
+                self.declare_parameter(spec.name, spec.default, spec.descriptor(), ignore_override=True)
             self._param_types[spec.name] = Parameter.Type.from_parameter_value(spec.default)
         self._param_types["cameras"] = Parameter.Type.STRING_ARRAY
         self._malloc_note = "glibc default (keep_freed_memory: false)"
@@ -192,6 +200,20 @@ class GlipNode(LifecycleNode):
         if hasattr(self, "add_pre_set_parameters_callback"):  # Iron and later
             self.add_pre_set_parameters_callback(self._pre_set_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        for reason in startup_rejects:
+            self._bad_input("param_rejected", f"start-up value refused: {reason}")
+        # Start-up values skip the on-set callback: give the live and activate ones the same checks as a
+        # runtime set, so that e.g. transport:=rawx or duplicate camera names are not used silently. (Model
+        # parameters and the query are checked at configure, which fails or starts idle with the reason.)
+        for spec in PARAMETERS:
+            if spec.applies not in ("live", "activate") or spec.name == "query":
+                continue
+            result = self._on_set_parameters([self.get_parameter(spec.name)])
+            if not result.successful:  # counted and warned by _refuse
+                self.get_logger().error(
+                    f"start-up value of '{spec.name}' refused ({result.reason}); using {spec.default!r}"
+                )
+                self.set_parameters([Parameter(spec.name, value=spec.default)])
 
         # Health is reported in every lifecycle state (a node that failed to configure says why).
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -220,6 +242,9 @@ class GlipNode(LifecycleNode):
         for p in parameters:
             spec = PARAMS_BY_NAME.get(p.name)
             if spec is None or p.type_ == Parameter.Type.NOT_SET:
+                continue
+            if spec.read_only:
+                self._bad_input("param_rejected", f"parameter '{p.name}' is read-only (read once at start)")
                 continue
             expected = self._param_types[p.name]
             if p.type_ != expected:
@@ -336,6 +361,8 @@ class GlipNode(LifecycleNode):
 
             engine = GroundingEngine.from_checkpoint(
                 os.path.expanduser(checkpoint) or None,
+                # the node's `max_query_chars` (up to 100000) is the limit; the engine's own default is 50000
+                max_query_chars=PARAMS_BY_NAME["max_query_chars"].int_range[1],
                 preset=preset or None,
                 device=device,
                 precision=precision,
@@ -569,8 +596,12 @@ class GlipNode(LifecycleNode):
             return False, reason, self._query
         idle = not text.strip() and not phrases
         limit = int(self.param("max_query_chars"))
-        if len(text) > limit:
-            reason = f"query has {len(text)} characters, more than max_query_chars={limit}; not applied"
+        size = len(text) + sum(len(p) for p in phrases or [])
+        if size > limit:
+            reason = (
+                f"query has {size} characters (phrases included), more than max_query_chars={limit}; "
+                "not applied"
+            )
             self._bad_input("query_too_long", f"{source}: {reason}")
             return False, reason, self._query
         if self._engine is None:
@@ -614,7 +645,8 @@ class GlipNode(LifecycleNode):
         if not same:
             if publish_state:
                 self._publish_query_state()
-            what = "idle (empty query)" if idle else f"{len(active.phrases)} phrase(s) {active.phrases}"
+            n = len(active.phrases)
+            what = "idle (empty query)" if idle else f"{n} phrase(s) {_clip(str(active.phrases), 300)}"
             self.get_logger().info(f"query {active.query_id} from {source}: {_clip(text)} -> {what}")
         return True, "idle" if idle else "ok", active
 
@@ -691,8 +723,11 @@ class GlipNode(LifecycleNode):
     def _convert(self, cam: Camera | None, msg: Any) -> np.ndarray | None:
         try:
             if isinstance(msg, CompressedImage):
-                return compressed_to_rgb(msg.data, msg.format)
-            return imgmsg_to_rgb(msg)
+                rgb = compressed_to_rgb(msg.data, msg.format)
+            else:
+                rgb = imgmsg_to_rgb(msg)
+            _check_model_size(self._engine, rgb)
+            return rgb
         except ImageConversionError as exc:
             self._bad_input(exc.kind, exc.message, cam)
         except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the worker
@@ -725,11 +760,13 @@ class GlipNode(LifecycleNode):
                 self._process(items)
             except Exception as exc:  # noqa: BLE001 - keep serving whatever happens
                 self._bad_input("inference_error", f"{type(exc).__name__}: {exc}")
-            max_rate = float(self.param("max_rate"))
-            if max_rate > 0:
-                rest = 1.0 / max_rate - (time.monotonic() - t0)
-                if rest > 0:
-                    self._stop.wait(rest)
+            # Re-read max_rate while resting, so that raising or clearing it takes effect at once.
+            while not self._stop.is_set():
+                max_rate = float(self.param("max_rate"))
+                rest = 1.0 / max_rate - (time.monotonic() - t0) if max_rate > 0 else 0.0
+                if rest <= 0:
+                    break
+                self._stop.wait(min(rest, 0.1))
 
     def _process(self, items: list[tuple[Camera, Any]]) -> None:
         frames: list[tuple[Camera, Any, np.ndarray]] = []
@@ -915,7 +952,7 @@ class GlipNode(LifecycleNode):
             "device": self._device,
             "query_id": q.query_id,
             "query": _clip(q.text, 200),
-            "phrases": ", ".join(q.phrases),
+            "phrases": _clip_plain(", ".join(q.phrases), 1000),
             "model_calls": self._model_calls,
         }
         if engine is not None:
@@ -969,8 +1006,19 @@ def _resolve(node: Any, topic: str) -> str:
     return resolve(topic) if resolve is not None else topic
 
 
+def _check_model_size(engine: Any, rgb: np.ndarray) -> None:
+    """Refuse, as a bad frame of its camera, a frame the model cannot take (it would fail the batch)."""
+    error = engine.frame_size_error(int(rgb.shape[0]), int(rgb.shape[1])) if engine is not None else None
+    if error:
+        raise ImageConversionError("unusable_size", error)
+
+
 def _clip(text: str, n: int = 80) -> str:
     return repr(text) if len(text) <= n else f"{text[:n]!r}... ({len(text)} chars)"
+
+
+def _clip_plain(text: str, n: int) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} chars)"
 
 
 def _valid_device(device: str) -> bool:

@@ -30,6 +30,9 @@ def managed(request: pytest.FixtureRequest, tiny_checkpoint: tuple[str, str]):
         "min_size": 256,
         "diagnostics_period": 0.5,
         "query": "red circle",
+        # bad start-up values: logged, counted and replaced by the default (rclpy would raise for the first)
+        "max_batch": 0,
+        "image_reliability": "bogus",
     }
     yield from start_node(request, params, ready=None)
 
@@ -78,6 +81,10 @@ def test_missing_checkpoint_leaves_the_node_alive_and_unconfigured(managed) -> N
     status = client.grounding_status()
     assert status["_level"] == "2" and "checkpoint file not found" in status["_message"]
     assert status["bad_input.model_load"] == "1"
+    assert int(status["bad_input.param_rejected"]) >= 2
+    assert "start-up value" in node.output() and "max_batch" in node.output()
+    values = client.get_parameters(NODE, ["max_batch", "image_reliability"])
+    assert values == {"max_batch": 4, "image_reliability": "best_effort"}, values
     # while unconfigured: a missing file is refused with the reason, a wrong type too; both counted
     (res,) = client.set_parameters(NODE, {"checkpoint": "/still/missing.pt"})
     assert not res.successful and "not found" in res.reason
@@ -89,6 +96,8 @@ def test_missing_checkpoint_leaves_the_node_alive_and_unconfigured(managed) -> N
     (res,) = client.set_parameters(NODE, {"preset": "/missing/glip_Swin_T_O365_GoldG.yaml"})
     assert not res.successful and "config file not found" in res.reason
     results = client.set_parameters(NODE, {"preset": "glip_t"})
+    assert all(r.successful for r in results), [r.reason for r in results]
+    results = client.set_parameters(NODE, {"preset": ""})  # the next test configures the tiny checkpoint
     assert all(r.successful for r in results), [r.reason for r in results]
     assert int(client.grounding_status()["bad_input.param_rejected"]) >= 4
 

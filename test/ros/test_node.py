@@ -315,6 +315,8 @@ def test_bad_input_is_counted_logged_once_and_the_node_keeps_serving(glip, outpu
         "unknown_encoding": dict(encoding="rgb9000"),
         "short_data": dict(data=bytes(W * 3 * H - 1)),
         "zero_size": dict(width=0, step=0, data=b""),
+        # 1x4000: resized to 0x1333 for the model; it must not fail the batch it would have joined
+        "unusable_size": dict(height=1, width=4000, step=12000, data=bytes(12000)),
     }
     outputs.clear()
     for fields in bad_frames.values():
@@ -336,6 +338,9 @@ def test_bad_input_is_counted_logged_once_and_the_node_keeps_serving(glip, outpu
     # rclpy decodes invalid UTF-8 in a service request to U+FFFD; such phrases are refused too
     bad_phrase = set_query(client, "red circle", phrases=["red \ufffd"])
     assert not bad_phrase.success and "UTF-8" in bad_phrase.message
+    # an empty phrase once made the phrase search loop forever, holding the model lock
+    empty_phrase = set_query(client, "red circle", phrases=[""])
+    assert not empty_phrase.success and "no letter or digit" in empty_phrase.message
 
     # good frames are still answered with the original query
     outputs.clear()
@@ -350,7 +355,7 @@ def test_bad_input_is_counted_logged_once_and_the_node_keeps_serving(glip, outpu
         assert _bad(after, kind) - _bad(before, kind) == 5, kind
     assert _bad(after, "query_too_long") - _bad(before, "query_too_long") == 1
     assert _bad(after, "invalid_utf8") - _bad(before, "invalid_utf8") == 2  # topic + service
-    assert _bad(after, "query_rejected") - _bad(before, "query_rejected") == 2  # topic + service
+    assert _bad(after, "query_rejected") - _bad(before, "query_rejected") == 3  # topic + 2 services
     assert _bad(after, "param_rejected") - _bad(before, "param_rejected") >= 2
     assert after["query_id"] == str(good.query_id), "a rejected query must not replace the active one"
     assert node.alive()
@@ -390,4 +395,23 @@ def test_model_parameters_are_refused_while_active_and_query_parameter_answers(g
     (res,) = client.set_parameters(NODE, {"score_threshold": 1.5})
     assert not res.successful
     assert client.grounding_status()["phrases"] == "green triangle, yellow star"
+    assert node.alive()
+
+
+def test_clearing_max_rate_takes_effect_during_the_rest(glip, outputs: Outputs) -> None:
+    """The worker rests between model calls for 1/max_rate; lowering the cap must not leave it asleep."""
+    node, client = glip
+    (res,) = client.set_parameters(NODE, {"max_rate": 0.01})  # one call per 100 s
+    assert res.successful, res.reason
+    try:
+        outputs.clear()
+        with FrameStreamer(client, "image", 10.0, W, H):
+            wait_for(lambda: len(outputs.dets) >= 1, 30, "the call before the rest")
+            time.sleep(1.0)  # the worker is now resting (100 s)
+            answered = len(outputs.dets)
+            (res,) = client.set_parameters(NODE, {"max_rate": 0.0})
+            assert res.successful, res.reason
+            wait_for(lambda: len(outputs.dets) >= answered + 3, 20, "answers after max_rate was cleared")
+    finally:
+        client.set_parameters(NODE, {"max_rate": 0.0})
     assert node.alive()
