@@ -257,6 +257,35 @@ def _decoders() -> list[Any]:
     return decoders
 
 
+MAX_COMPRESSED_PIXELS = 1 << 26  # 64 Mpx: twice an 8K frame; a small PNG can declare gigabytes of pixels
+
+
+def _check_declared_size(raw: bytes) -> None:
+    """Refuse an image whose header declares too many pixels, before a decoder allocates them.
+
+    Pillow reads only the header here (and raises its own DecompressionBombError past twice its limit).
+    Without Pillow, or for a header it cannot read, the decoders' own errors speak instead.
+    """
+    try:
+        import io
+
+        from PIL import Image as PILImage
+    except ImportError:
+        return
+    try:
+        with PILImage.open(io.BytesIO(raw)) as im:
+            pixels = int(im.size[0]) * int(im.size[1])
+    except PILImage.DecompressionBombError as exc:
+        raise ImageConversionError("unusable_size", f"compressed image not decoded: {exc}") from None
+    except Exception:  # noqa: BLE001 - unreadable header: left to the decoders
+        return
+    if pixels > MAX_COMPRESSED_PIXELS:
+        raise ImageConversionError(
+            "unusable_size",
+            f"compressed image declares {pixels} pixels, more than {MAX_COMPRESSED_PIXELS}; not decoded",
+        )
+
+
 def compressed_to_rgb(data: Any, fmt: str = "") -> np.ndarray:
     """Decode JPEG/PNG bytes (``sensor_msgs/CompressedImage.data``) to HxWx3 uint8 RGB.
 
@@ -265,11 +294,13 @@ def compressed_to_rgb(data: Any, fmt: str = "") -> np.ndarray:
 
     Raises:
         ImageConversionError: kind ``corrupt_compressed`` for empty, truncated or undecodable data, or when no
-        decoder is installed.
+        decoder is installed; ``unusable_size`` when the header declares more than ``MAX_COMPRESSED_PIXELS``
+        (checked before decoding, which would allocate them).
     """
     raw = bytes(data)
     if not raw:
         raise ImageConversionError("corrupt_compressed", f"empty compressed image (format {fmt!r})")
+    _check_declared_size(raw)
     decoders = _decoders()
     if not decoders:
         raise ImageConversionError("corrupt_compressed", "no image decoder installed (need Pillow or OpenCV)")

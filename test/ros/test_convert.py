@@ -209,3 +209,18 @@ def test_corrupt_compressed(data: bytes | None) -> None:
     if data is None:
         data = _encode("PNG", RGB)[:40]
     assert _kind(compressed_to_rgb, data, "jpeg") == "corrupt_compressed"
+
+
+@pytest.mark.parametrize("side,match", [(9000, "declares 81000000 pixels"), (20000, "not decoded")])
+def test_a_compressed_image_declaring_huge_dimensions_is_not_decoded(side: int, match: str) -> None:
+    import struct
+    import zlib
+
+    png = bytearray(_encode("PNG", RGB))
+    ihdr = bytearray(png[12:29])  # b"IHDR" + 13 bytes: width, height, depth, colour type, ...
+    ihdr[4:12] = struct.pack(">II", side, side)  # 81 Mpx (243 MB decoded) / 400 Mpx (Pillow's bomb limit)
+    png[12:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    with pytest.raises(ImageConversionError, match=match) as info:
+        compressed_to_rgb(bytes(png), "png")
+    assert info.value.kind == "unusable_size"
