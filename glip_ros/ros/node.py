@@ -69,6 +69,7 @@ BAD_INPUT_KINDS: tuple[str, ...] = (
     "odd_width",
     "corrupt_compressed",
     "unusable_size",
+    "conversion_error",
     "invalid_utf8",
     "query_too_long",
     "query_rejected",
@@ -731,7 +732,7 @@ class GlipNode(LifecycleNode):
         except ImageConversionError as exc:
             self._bad_input(exc.kind, exc.message, cam)
         except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the worker
-            self._bad_input("short_data", f"{type(exc).__name__}: {exc}", cam)
+            self._bad_input("conversion_error", f"{type(exc).__name__}: {exc}", cam)
         return None
 
     def _work_loop(self) -> None:
@@ -1023,7 +1024,7 @@ def _clip_plain(text: str, n: int) -> str:
 
 def _valid_device(device: str) -> bool:
     d = device.strip().lower()
-    if d in ("auto", "cpu", "cuda", "mps"):
+    if d in ("auto", "cpu", "cuda"):
         return True
     return d.startswith("cuda:") and d[5:].isdigit()
 
