@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .model import constants
+
 __all__ = ["GraphCache"]
 
 _log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class GraphCache:
         self._seen: OrderedDict[tuple, int] = OrderedDict()
         self._failed: set[tuple] = set()
         self.counters = {"captures": 0, "replays": 0, "fallbacks": 0}
+        self._generation = constants.generation()  # of the shape constants the graphs read (constants.py)
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -64,6 +67,7 @@ class GraphCache:
 
     def __call__(self, name: str, fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Any:
         inputs = tuple(inputs)
+        self._drop_if_constants_dropped()
         key = (name, tuple((tuple(t.shape), t.dtype, str(t.device)) for t in inputs))
         if key in self._failed:
             self.counters["fallbacks"] += 1
@@ -90,29 +94,43 @@ class GraphCache:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()  # surface nothing of the failed capture into the eager run
                 return fn(*inputs)
+            self._drop_if_constants_dropped()  # the warm-up runs may have filled the constants' cache
             self._graphs[key] = entry
             self.counters["captures"] += 1
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
         else:
             self._graphs.move_to_end(key)
-        for static, new in zip(entry.inputs, inputs, strict=True):
-            static.copy_(new)
-        entry.graph.replay()
+        with torch.cuda.device(entry.inputs[0].device):  # a graph replays on the device it was captured on
+            for static, new in zip(entry.inputs, inputs, strict=True):
+                static.copy_(new)
+            entry.graph.replay()
         self.counters["replays"] += 1
         return entry.outputs
 
+    def _drop_if_constants_dropped(self) -> None:
+        gen = constants.generation()
+        if gen != self._generation:
+            self._graphs.clear()
+            self._generation = gen
+
     def _capture(self, fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> _Captured:
         device = inputs[0].device
-        static = tuple(t.clone() for t in inputs)
-        # Warm-up on a side stream (cuBLAS/cuDNN handles and workspaces get created outside the capture).
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup_runs):
-                fn(*static)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            outputs = fn(*static)
+        # The engine's device, not the current one (cuda:1 while cuda:0 is current would capture an empty
+        # graph: the kernels would go to cuda:1's stream, the capture listen on cuda:0's).
+        with torch.cuda.device(device):
+            static = tuple(t.clone() for t in inputs)
+            # Warm-up on a side stream (cuBLAS/cuDNN handles and workspaces get created outside the capture).
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup_runs):
+                    fn(*static)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # Its own capture stream on the device (torch.cuda.graph's default is one stream per process,
+            # made on whichever device was current at its first use).
+            capture = torch.cuda.Stream(device)
+            with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
+                outputs = fn(*static)
         return _Captured(graph, static, outputs)

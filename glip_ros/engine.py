@@ -690,11 +690,12 @@ class _AlignmentBound:
         if self.logit_min == -math.inf:
             return [torch.arange(q.shape[1], device=dev) for q in self.queries]
         out = []
-        for q, n in zip(self.queries, self.norms, strict=True):
-            neg = torch.mm(q[image], group.neg_matrix_bf16).view(-1, g, t)[:, :, lo:hi]
-            peak = bound_peaks(neg)
-            keep = (peak + n[image][:, None] * group.col_norm[None, :] / 64 >= self.logit_min).any(dim=1)
-            out.append(torch.nonzero(keep).squeeze(1))
+        with _fp32_reductions(dev):
+            for q, n in zip(self.queries, self.norms, strict=True):
+                neg = torch.mm(q[image], group.neg_matrix_bf16).view(-1, g, t)[:, :, lo:hi]
+                peak = bound_peaks(neg)
+                keep = (peak + n[image][:, None] * group.col_norm[None, :] / 64 >= self.logit_min).any(dim=1)
+                out.append(torch.nonzero(keep).squeeze(1))
         return out
 
 
@@ -714,6 +715,22 @@ def bound_peaks(neg_logits: torch.Tensor) -> torch.Tensor:
         return -neg_logits.amin(dim=-1).float()
     bits = neg_logits.view(torch.int16).amin(dim=-1)
     return torch.where(bits < 0, math.inf, -bits.view(torch.bfloat16).float())
+
+
+@contextlib.contextmanager
+def _fp32_reductions(device: torch.device):
+    """bf16 matrix products whose partial sums are reduced in fp32 (the bound's margin assumes it): cuBLAS
+    may otherwise split K and reduce in bf16 (torch's default allows it). Process-wide flag, restored."""
+    if device.type != "cuda":
+        yield
+        return
+    mm = torch.backends.cuda.matmul
+    prev = mm.allow_bf16_reduced_precision_reduction
+    mm.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        mm.allow_bf16_reduced_precision_reduction = prev
 
 
 @contextlib.contextmanager

@@ -141,3 +141,34 @@ def test_graph_replays_follow_weights_changed_in_place():
     for g, w, b in zip(got, want, before, strict=True):
         assert [d.score for d in g] != [d.score for d in b]
         np.testing.assert_allclose([d.score for d in g], [d.score for d in w], atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphs_are_recaptured_when_the_kept_constants_are_dropped():
+    """Captured graphs read the kept sampling grids and masks by address: once the cache drops them (full,
+    or cleared) the graphs are dropped too, and replays after that still equal eager runs."""
+    from glip_ros.model.constants import clear_shape_constants
+
+    torch.manual_seed(0)
+    cfg = build_model("glip_tiny_test").config
+    cfg.head.pre_nms_thresh = 0.0
+    model = build_model(cfg)
+    kw = dict(device="cuda", precision="fp32", min_size=None, max_size=None)
+    graphed = GroundingEngine(model, cuda_graphs=True, **kw)
+    eager = GroundingEngine(model, cuda_graphs=False, **kw)
+    qg, qe = graphed.prepare_query("red circle. blue square"), eager.prepare_query("red circle. blue square")
+    for _ in range(3):
+        graphed.detect(FRAMES, qg, score_threshold=0.0)
+    captures = graphed.counters["graph_captures"]
+    clear_shape_constants()
+    torch.cuda.empty_cache()  # let the freed constants' memory be reused
+    junk = torch.full((1 << 22,), 7.0, device="cuda")  # overwrite it
+    for _ in range(3):
+        got = graphed.detect(FRAMES, qg, score_threshold=0.0)
+    del junk
+    want = eager.detect(FRAMES, qe, score_threshold=0.0)
+    assert graphed.counters["graph_captures"] > captures
+    for g, w in zip(got, want, strict=True):
+        assert g and [d.phrase_index for d in g] == [d.phrase_index for d in w]
+        np.testing.assert_allclose([d.score for d in g], [d.score for d in w], atol=1e-5)

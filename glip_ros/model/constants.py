@@ -15,11 +15,14 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["shape_constant", "clear_shape_constants", "is_compiling"]
+__all__ = ["shape_constant", "clear_shape_constants", "generation", "is_compiling"]
 
 T = TypeVar("T")
 _MAX = 256
 _CACHE: dict[Hashable, object] = {}
+# Bumped whenever a cache here drops its tensors: a CUDA graph captured before reads them by address (it
+# holds no reference), so cuda_graphs.GraphCache drops the graphs captured before a bump.
+_generation = 0
 # torch.compiler.is_compiling is torch >= 2.3; torch._dynamo's is older. Both read as True while traced.
 is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
@@ -40,9 +43,21 @@ def shape_constant(
     if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         if len(cache) >= _MAX:
             cache.clear()
+            _bump()
         cache[key] = value
     return value
 
 
+def generation() -> int:
+    """Changes whenever kept constants were dropped (graphs that read them must be captured anew)."""
+    return _generation
+
+
+def _bump() -> None:
+    global _generation
+    _generation += 1
+
+
 def clear_shape_constants() -> None:
     _CACHE.clear()
+    _bump()

@@ -168,8 +168,9 @@ def deform_conv2d_sampled(
         # 480x640, against 1.1 + 1.6 ms for a vectorised in-place multiply and a cast. Same values: both
         # round the fp32 product once.
         cols = cols.mul_(mask.view(b, 1, ntap, ho, wo)).to(low)
-    elif low is not None:
-        # On a GPU, cast while applying the modulation (one pass, not two).
+    elif low is not None and not torch.is_grad_enabled():
+        # On a GPU, cast while applying the modulation (one pass, not two). Not with gradients: an out=
+        # product cannot be differentiated (training under autocast takes the plain product below).
         masked = torch.empty(cols.shape, dtype=low, device=x.device)
         cols = torch.mul(cols, mask.view(b, 1, ntap, ho, wo), out=masked)
     elif not torch.is_grad_enabled():

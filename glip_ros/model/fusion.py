@@ -131,8 +131,11 @@ def _text_mask(mask_l: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, T] 0/1 mask -> additive [B, 1, 1, T] mask.
 
     Official quirk kept on purpose: the 0/1 mask gets -9e15 where 0 and is ADDED, so valid text positions
-    get +1 (softmax-invariant, but it is what the checkpoints were trained with)."""
-    m = mask_l[:, None, None, :].to(dtype)
+    get +1 (softmax-invariant, but it is what the checkpoints were trained with).
+
+    fp16 cannot hold -9e15 (largest 65504: masked_fill raises): there the mask stays fp32 and the sum
+    promotes to fp32, as the official fp32 mask added to a half attention does."""
+    m = mask_l[:, None, None, :].to(torch.float32 if dtype == torch.float16 else dtype)
     return m.masked_fill(m == 0, -9e15)
 
 

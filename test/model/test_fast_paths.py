@@ -472,3 +472,53 @@ def test_gathered_dcn_keeps_its_reordered_weight_for_inference_only_and_follows_
     conv.zero_grad()
     conv(x, offset, mask).square().sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_head_runs_under_half_precision_autocast(dtype):
+    """The fusion's -9e15 text mask overflowed fp16 (masked_fill raised on every frame with fp16 + head
+    auto); it stays fp32 there. Autocast on the CPU takes the same branch as on a GPU."""
+    from glip_ros.model.language import TextFeatures
+
+    torch.manual_seed(6)
+    model = build_model("glip_tiny_test").eval()
+    head, lang = model.rpn.head, model.config.language
+    sizes = [(32, 40), (16, 20), (8, 10), (4, 5), (2, 3)]
+    feats = [torch.randn(1, model.config.fpn_channels, h, w) for h, w in sizes]
+    hidden = torch.randn(1, 6, lang.hidden_size)
+    masks = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    text = TextFeatures(hidden=hidden, embedded=hidden, masks=masks)
+    with torch.no_grad():
+        ref = head.run_tower(feats, text)[0]
+        with torch.autocast("cpu", dtype=dtype):
+            low = head.run_tower(feats, text)[0]
+    for a, b in zip(low, ref, strict=True):
+        assert torch.isfinite(a).all()
+        assert _rel(a.float(), b) < 5e-2
+
+
+def test_sampled_deform_conv_trains_under_autocast():
+    """With gradients on, the sampled form's cast-while-modulating product (an out= product, which autograd
+    refuses) is not taken: a training step under autocast differentiates through it."""
+    torch.manual_seed(7)
+    x = torch.randn(2, 16, 12, 10, requires_grad=True)
+    offset, mask = torch.randn(2, 18, 12, 10), torch.rand(2, 9, 12, 10)
+    weight, bias = (torch.randn(8, 16, 3, 3) * 0.1).requires_grad_(), torch.randn(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = deform_conv2d_sampled(x, offset, mask, weight, bias, 1)
+    out.float().sum().backward()
+    assert x.grad is not None and weight.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_dropping_the_shape_constants_is_announced():
+    """CUDA graphs read kept constants by address: cuda_graphs.GraphCache drops its graphs when the
+    process-wide cache drops them (a new generation), here checked without a GPU."""
+    from glip_ros.model import constants
+
+    gen = constants.generation()
+    constants.clear_shape_constants()
+    assert constants.generation() == gen + 1
+    cpu = torch.device("cpu")
+    for i in range(constants._MAX + 1):  # the cache clears itself when full
+        constants.shape_constant(("test_generation", i), cpu, lambda: torch.zeros(1))
+    assert constants.generation() == gen + 2
