@@ -58,7 +58,11 @@ def coco_map_pycocotools(gt: dict[str, Any], dets: list[dict[str, Any]]) -> dict
 
     coco_gt = COCO()
     coco_gt.dataset = {k: gt[k] for k in ("images", "annotations", "categories") if k in gt}
-    coco_gt.dataset.setdefault("annotations", [])
+    # COCOeval reads 'area' and 'iscrowd' of every GT box: fill them as the numpy path assumes them
+    coco_gt.dataset["annotations"] = [
+        {"iscrowd": 0, "area": float(a["bbox"][2]) * float(a["bbox"][3]), **a}
+        for a in gt.get("annotations", [])
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
         if not dets:

@@ -136,10 +136,22 @@ def evaluate_coco(
 
     ``names`` replaces the category names in the prompt (e.g. to ask "triangle" for "purple triangle": a
     baseline that ignores colour)."""
+    # images without boxes stay: false positives on them count, as in COCOeval
+    ds = CocoGroundingDataset(
+        json_path, image_root, mode="detection", max_negatives=0, keep_images_without_boxes=True
+    )
+    _no_missing_images(ds)
     with open(json_path, encoding="utf-8") as f:
         gt = json.load(f)
-    ds = CocoGroundingDataset(json_path, image_root, mode="detection", max_negatives=0)
+    gt["categories"] = [{**c, "id": int(c["id"])} for c in gt["categories"]]
+    gt["images"] = [{**im, "id": int(im["id"])} for im in gt["images"]]
+    gt["annotations"] = [
+        {**a, "image_id": int(a["image_id"]), "category_id": int(a["category_id"])}
+        for a in gt.get("annotations", [])
+    ]
     cats = sorted(gt["categories"], key=lambda c: c["id"])
+    if names is not None and len(names) != len(cats):
+        raise ValueError(f"{len(names)} prompt names for {len(cats)} categories: give one name per category")
     prompt_names = names or [clean_name(c["name"]) for c in cats]
     caption, spans = category_prompt(prompt_names)
     tok = get_train_tokenizer()
@@ -190,6 +202,13 @@ def evaluate_grounding(
 ) -> dict[str, Any]:
     """Recall@1/5/10 of the file's grounding phrases (each image with its own caption)."""
     ds = CocoGroundingDataset(json_path, image_root, mode="grounding")
+    _no_missing_images(ds)
+    if kinds is not None:
+        known = {p.get("kind") for it in ds.items for p in it["grounding"]["phrases"] if p.get("boxes")}
+        if not set(kinds) & known:
+            raise ValueError(
+                f"no phrase of kind {sorted(kinds)} in {json_path} (kinds there: {sorted(map(str, known))})"
+            )
     tok = get_train_tokenizer()
     items = []
     idx = list(range(len(ds)))[: limit or None]
@@ -217,10 +236,21 @@ def evaluate_grounding(
     return grounding_recall(items)
 
 
+def _no_missing_images(ds: CocoGroundingDataset) -> None:
+    """A metric over a silently smaller set is a wrong metric: every listed image must be readable."""
+    if ds.missing_files:
+        raise FileNotFoundError(
+            f"{ds.json_path}: {len(ds.missing_files)} image file(s) not found, e.g. {ds.missing_files[0]} "
+            "(wrong --image-root?)"
+        )
+
+
 def load_model(path: str, device: str = "cpu"):
     """A model from our safetensors checkpoint (config in metadata) or a preset + weights."""
     from glip_ros.model import build_model, load_checkpoint, read_checkpoint_config
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     cfg = read_checkpoint_config(path)
     if cfg is None:
         raise ValueError(f"{path} carries no model config (not written by glip_ros save_checkpoint)")

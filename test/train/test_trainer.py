@@ -147,3 +147,20 @@ def test_two_gloo_processes_match_one_process(tmp_path) -> None:
         scale = g.abs().max().item() + 1e-6  # some gradients are exactly 0 in theory (attention key bias)
         worst = max(worst, (g - ddp[n]).abs().max().item() / scale)
     assert worst < 1e-4, worst
+
+
+def test_training_targets_use_the_box_convention_the_evaluation_inverts(tmp_path) -> None:
+    """Targets are the official inclusive boxes (x2 = x + w - 1, as maskrcnn_benchmark's BoxList), which the
+    COCO export's +1 width turns back into the dataset's [x, y, w, h]: a perfect model scores IoU 1."""
+    from glip_ros.eval.evaluate import _xywh_plus1
+
+    tr = _trainer(tmp_path)
+    items = tr.load_items(0)
+    _, _, _, targets = tr.collate(items)
+    _, _, scales = tr.model.preprocess([it["image"] for it in items], 128, 128)
+    for it, t, (sx, sy) in zip(items, targets, scales, strict=True):
+        got = t["boxes"] * torch.tensor([sx, sy, sx, sy])  # back to the image's pixels, as the evaluation
+        want = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in it["boxes"]]  # the dataset's xywh
+        assert len(got) == len(want) > 0
+        for g, w in zip(got.tolist(), want, strict=True):
+            assert _xywh_plus1(g) == pytest.approx(w, abs=1e-4)
