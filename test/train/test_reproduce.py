@@ -20,7 +20,7 @@ def _repo_root(monkeypatch):
 
 def test_chain_stages_keep_the_recorded_overrides(tmp_path) -> None:
     stages = load_chain()
-    assert [s.name for s in stages] == ["stage1", "stage2", "stage3", "stage4"]
+    assert [s.name for s in stages] == ["stage1", "stage2", "stage3", "stage4", "stage5"]
     prev = None
     for st in stages:
         argv = stage_argv(st, str(tmp_path), prev, device="cpu")
@@ -30,18 +30,18 @@ def test_chain_stages_keep_the_recorded_overrides(tmp_path) -> None:
         prev = os.path.join(str(tmp_path), st.name, "glip_synth_tiny.safetensors")
     last = load_train_config(stages[-1].config, stages[-1].overrides)
     assert (last.lr, last.steps, last.warmup_steps, last.data["seed"], last.time_budget_s) == (
-        0.0003,
-        1200,
+        0.0002,
+        1000,
         30,
-        5,
-        1500,
+        6,
+        720,
     )
 
 
 def test_chain_smoke_runs_every_stage(tmp_path, capsys) -> None:
     final = run_chain(str(tmp_path), device="cpu", threads=1, smoke_steps=1)
     out = capsys.readouterr().out
-    for i in range(1, 5):
+    for i in range(1, 6):
         assert os.path.isfile(tmp_path / f"stage{i}" / "glip_synth_tiny.safetensors")
         if i > 1:
             assert f"init_checkpoint={tmp_path}/stage{i - 1}/glip_synth_tiny.safetensors" in out
