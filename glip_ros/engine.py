@@ -506,11 +506,11 @@ class GroundingEngine:
         with torch.inference_mode():
             self._refresh_kept_casts()
             batch, sizes, scales = self.model.preprocess(images, min_size, max_size, device=self.device)
+            self._stage_sync()
             t1 = time.perf_counter()
             feats = self._image_features(batch)
-            if self.sync_stages and self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
             anchors = self.model.anchors(feats)
+            self._stage_sync()
             t2 = time.perf_counter()
             per_image: list[list[Candidates]] = [[] for _ in images]
             sentence = query.prompts[0].sentence
@@ -527,14 +527,20 @@ class GroundingEngine:
                 )
                 for (_, i), c in zip(rows, sel, strict=True):
                     per_image[i].append(c)
+            self._stage_sync()
             t3 = time.perf_counter()
             final = [
                 select_candidates(Candidates.cat(c), cfg.nms_thresh, cfg.detections_per_img)
                 for c in per_image
             ]
+            self._stage_sync()
             t4 = time.perf_counter()
         self.timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "head": t3 - t2, "postprocess": t4 - t3}
         return final, scales
+
+    def _stage_sync(self) -> None:
+        if self.sync_stages and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _head_outputs(
         self, feats: list[torch.Tensor], query: PreparedQuery
