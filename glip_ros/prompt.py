@@ -88,11 +88,19 @@ def _has_word(s: str) -> bool:
     return any(ch.isalnum() for ch in s)
 
 
-def _locate(caption: str, phrase: str, start: int) -> tuple[int, int] | None:
-    """Find ``phrase`` in ``caption`` from ``start``, tolerating different whitespace."""
+def _phrase_pattern(phrase: str) -> str:
+    """``phrase`` as a regex that tolerates different whitespace between its words.
+
+    Callers pass phrases with a word (``_has_word``): an empty pattern matches everywhere with length 0, and
+    a search that advances past each match would never end."""
     pattern = r"\s+".join(re.escape(w) for w in phrase.split())
-    if not pattern:
-        return None  # an empty pattern matches everywhere with length 0
+    assert pattern, f"phrase without words: {phrase!r}"
+    return pattern
+
+
+def _locate(caption: str, phrase: str, start: int) -> tuple[int, int] | None:
+    """Find ``phrase`` in ``caption`` from ``start`` (exact case first, then any case)."""
+    pattern = _phrase_pattern(phrase)
     m = re.compile(pattern).search(caption, start) or re.compile(pattern, re.IGNORECASE).search(
         caption, start
     )
@@ -100,12 +108,9 @@ def _locate(caption: str, phrase: str, start: int) -> tuple[int, int] | None:
 
 
 def _locate_all(caption: str, phrase: str) -> list[tuple[int, int]]:
-    """Every occurrence of ``phrase`` (case-insensitive, as the official ``run_ner`` on the lowercased
-    caption; the uncased tokenizer ignores case anyway), tolerating different whitespace."""
-    pattern = r"\s+".join(re.escape(w) for w in phrase.split())
-    if not pattern:
-        return []
-    return [(m.start(), m.end()) for m in re.finditer(pattern, caption, re.IGNORECASE)]
+    """Every occurrence of ``phrase``, whatever its case (as the official ``run_ner`` on the lowercased
+    caption; the uncased tokenizer ignores case anyway)."""
+    return [(m.start(), m.end()) for m in re.finditer(_phrase_pattern(phrase), caption, re.IGNORECASE)]
 
 
 def _span_list(p, query: str) -> list[tuple[int, int]]:
