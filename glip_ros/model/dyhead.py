@@ -252,8 +252,16 @@ def deform_conv2d_gathered(
     if b > 1:
         index = index + (torch.arange(b, device=x.device) * ((h + 3) * wp)).view(b, 1, 1, 1, 1)
     if fused:
-        corner_values = table.reshape(-1, c)[index.view(-1, 4)]  # [b * Ho * Wo * taps, 4, c]
-        cols = torch.sum(corner_values.float() * weights.view(-1, 4, 1), dim=1).to(table_dtype)
+        # Four row gathers summed term by term, not one [rows, 4, C] gather and a sum over its corner axis:
+        # on a GPU inductor wrote that tensor out in fp32 (4x the columns, in one kernel) and summed it in a
+        # second (GLIP-T at 800x1344 on an H100: 0.32 + 0.23 ms per finest-level convolution); written
+        # as a sum of products there is no reduction and no 4-corner tensor to keep, one pointwise kernel.
+        rows, corner_weights = table.reshape(-1, c), weights.view(-1, 4)
+        index = index.view(-1, 4)
+        cols = rows[index[:, 0]].float() * corner_weights[:, 0:1]
+        for k in range(1, 4):
+            cols = cols + rows[index[:, k]].float() * corner_weights[:, k : k + 1]
+        cols = cols.to(table_dtype)
     else:
         cols = F.embedding_bag(
             index.view(-1, 4),
