@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU measurement in one call: GLIP-T at 800x1333, random weights, fp32 official-style vs cached
-# (bf16 backbone; head in TF32 or bf16; CUDA graphs on and off; torch.compile of the head or of everything),
-# 1 and 4 cameras, 3 and 1,203 phrases; GLIP-T (A) likewise. One run failing does not stop the others.
-# Each compiled run pays its own compilation (75-110 s for GLIP-T on an H100; a new dtype or shape is a new
-# compilation, so the on-disk cache seldom helps within one call).
+# (bf16 backbone; head in TF32 or bf16; torch.compile of everything or of the head), 1 and 4 cameras, 3 and
+# 1,203 phrases; GLIP-T (A) likewise. One run failing does not stop the others. Each compiled run pays its
+# own compilation (40-100 s for GLIP-T on an H100; a new dtype or shape is a new compilation, so the on-disk
+# cache seldom helps within one call).
 # Usage: bash scripts/gpu_bench.sh [OUTDIR]   (needs torch with CUDA, transformers, safetensors, pillow)
 #        ONLY="t_fp32_3p_1cam t_bf16tf32_3p_1cam" bash scripts/gpu_bench.sh   (these runs, in this order)
 #        TOTAL=300 bash scripts/gpu_bench.sh   (end within 300 s; default 450, under the issue's 8 minutes)
@@ -23,43 +23,38 @@ declare -A RUNS=(
   [smoke_tiny]="--preset glip_tiny_test --device cuda --runs 3 --skip-official"
   [t_fp32_3p_1cam]="$S --precision fp32 --phrases 3 --cameras 1 --runs 20 --flops --count-ops"
   [t_bf16tf32_3p_1cam]="$S --precision bf16 --head-precision tf32 --phrases 3 --cameras 1 --runs 20"
-  [t_bf16tf32_3p_1cam_nosplit]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official --sample-group-channels 0"
-  [t_bf16tf32_3p_1cam_gather]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official --deform-impl gather"
-  [t_bf16auto_3p_1cam_compile_again]="$S --precision bf16 --head-precision auto --phrases 3 --runs 10 --compile head --skip-official"
-  [t_bf16auto_3p_1cam_compile_gather]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile head --deform-impl gather"
-  [t_bf16auto_3p_1cam_compile_index]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile head --deform-impl index --profile 15"
-  [t_bf16auto_3p_1cam_compileall_index]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile all --deform-impl index --profile 15"
-  [t_bf16auto_3p_4cam_compileall_index]="$S --precision bf16 --head-precision auto --phrases 3 --cameras 4 --runs 10 --compile all --deform-impl index"
-  [t_bf16auto_1203p_1cam_compileall_index]="$S --precision bf16 --head-precision auto --phrases 1203 --runs 5 --chunk-batch 16 --compile all --deform-impl index --skip-official"
-  [t_bf16auto_3p_1cam_compile_index_profile]="$S --precision bf16 --head-precision auto --phrases 3 --runs 10 --compile head --deform-impl index --skip-official --profile 15"
-  [t_bf16tf32_3p_720p_bgr8]="--preset glip_t --size 720x1280 --resize --decode bgr8 --device cuda --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official"
-  [t_bf16tf32_3p_720p_jpeg]="--preset glip_t --size 720x1280 --resize --decode jpeg --device cuda --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official"
   [t_bf16tf32_3p_4cam]="$S --precision bf16 --head-precision tf32 --phrases 3 --cameras 4 --runs 10"
   [t_bf16auto_1203p_1cam]="$S --precision bf16 --head-precision auto --phrases 1203 --runs 5 --chunk-batch 16"
+  [t_bf16auto_3p_1cam_compileall]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile all --profile 15"
+  [t_bf16auto_1203p_1cam_compileall]="$S --precision bf16 --head-precision auto --phrases 1203 --runs 5 --chunk-batch 16 --compile all"
+  [t_bf16auto_3p_4cam_compileall]="$S --precision bf16 --head-precision auto --phrases 3 --cameras 4 --runs 10 --compile all"
+  [t_bf16auto_3p_1cam_compile]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile head --profile 15"
+  [t_bf16auto_3p_1cam_compile_again]="$S --precision bf16 --head-precision auto --phrases 3 --runs 10 --compile head --skip-official"
+  [t_bf16auto_3p_1cam_compile_sample]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile head --deform-impl sample --skip-official"
+  [t_bf16auto_3p_1cam_compile_gather]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile head --deform-impl gather --skip-official"
+  [t_bf16tf32_3p_1cam_compile]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --compile head --profile 15"
+  [t_bf16auto_1203p_1cam_compile]="$S --precision bf16 --head-precision auto --phrases 1203 --runs 5 --chunk-batch 16 --compile head --skip-official --profile 12"
+  [t_bf16tf32_3p_1cam_nosplit]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official --sample-group-channels 0"
+  [t_bf16tf32_3p_1cam_gather]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official --deform-impl gather"
+  [t_bf16tf32_3p_1cam_eager]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --no-cuda-graphs --skip-official"
+  [t_fp16auto_3p_1cam]="$S --precision fp16 --head-precision auto --phrases 3 --runs 10 --skip-official"
+  [t_bf16tf32_3p_720p_bgr8]="--preset glip_t --size 720x1280 --resize --decode bgr8 --device cuda --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official"
+  [t_bf16tf32_3p_720p_jpeg]="--preset glip_t --size 720x1280 --resize --decode jpeg --device cuda --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --skip-official"
   [ta_bf16tf32_3p_1cam]="$A --phrases 3 --cameras 1 --runs 20"
   [ta_bf16tf32_1203p_1cam]="$A --phrases 1203 --cameras 1 --runs 10"
-  [t_bf16auto_3p_1cam_compile]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile head"
-  [t_bf16auto_1203p_1cam_compile]="$S --precision bf16 --head-precision auto --phrases 1203 --runs 5 --chunk-batch 16 --compile head --skip-official --profile 12"
-  [t_bf16tf32_3p_1cam_compile]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --compile head --profile 15"
-  [t_bf16auto_3p_1cam_compileall]="$S --precision bf16 --head-precision auto --phrases 3 --runs 20 --compile all"
-  [t_bf16tf32_3p_1cam_eager]="$S --precision bf16 --head-precision tf32 --phrases 3 --runs 20 --no-cuda-graphs --skip-official"
-  [t_bf16tf32_3p_4cam_compile]="$S --precision bf16 --head-precision tf32 --phrases 3 --cameras 4 --runs 10 --compile head"
 )
-# The issue's measurement first, uncompiled (each run 20-40 s on an H100): fp32 and bf16 baselines, 4 cameras,
-# 1,203 phrases (about 140 s together); then the compiled head (about 100 s each, most of it compilation) with
-# the candidates for the deformable convolution's sampling, which was a third of the best compiled frame
-# (sampled form, 3.61x the official-style path at d3b0727, against the issue's 5x): the indexed gather
-# (inductor fuses it into one kernel per convolution reading a channels-last table), the same with the
-# backbone compiled too, the embedding_bag gather (on a CPU, compiled, 1.46x faster than the compiled sampled
-# head), the sampled form again; then the gathered form eager (CUDA graphs), the compiled sampled run again
-# in a new process (its first call: a restart's cost with inductor's on-disk cache warm), the channel split's
-# A/B, GLIP-T (A) and a 720p bgr8 camera frame resized as the node does, as far as TOTAL allows (from the
-# runs' times on an H100 the first seven fill it). Not in it (ONLY=...): the profiled, no-graphs, 4-camera
-# compiled and 1,203-phrase compiled runs (the last two measured at d3b0727).
-DEFAULT="t_fp32_3p_1cam t_bf16tf32_3p_1cam t_bf16tf32_3p_4cam t_bf16auto_1203p_1cam
-  t_bf16auto_3p_1cam_compile_index t_bf16auto_3p_1cam_compileall_index t_bf16auto_3p_1cam_compile_gather
-  t_bf16auto_3p_1cam_compile t_bf16tf32_3p_1cam_gather t_bf16auto_3p_1cam_compile_again
-  t_bf16tf32_3p_1cam_nosplit ta_bf16tf32_3p_1cam ta_bf16tf32_1203p_1cam t_bf16tf32_3p_720p_bgr8"
+# The issue's measurement first: fp32 and bf16 (uncompiled, the README's GPU settings) against the
+# official-style path, then the fastest configuration, everything compiled (`--compile all`; "auto" then takes
+# the indexed gather for the deformable convolutions), with 3 and 1,203 phrases, then 4 cameras uncompiled
+# (270-340 s together by these runs' times on an H100 at 7da0ef4, measured over two calls: 25-30 s
+# uncompiled, 62-130 s compiled, 101 s for 1,203 phrases compiled without the official path). Then, as far as
+# TOTAL leaves time: the compiled head alone, 4 cameras compiled, the compiled head again in a new process
+# (its first call is what a restarted node pays with inductor's on-disk cache warm), GLIP-T (A) and a 720p
+# bgr8 frame resized as the node does. The other runs (ONLY=...) are the A/B comparisons of earlier commits:
+# the deformable convolution's other forms compiled, the channel split, eager without graphs, fp16.
+DEFAULT="t_fp32_3p_1cam t_bf16tf32_3p_1cam t_bf16auto_3p_1cam_compileall t_bf16auto_1203p_1cam_compileall
+  t_bf16tf32_3p_4cam t_bf16auto_3p_1cam_compile t_bf16auto_3p_4cam_compileall t_bf16auto_3p_1cam_compile_again
+  ta_bf16tf32_3p_1cam ta_bf16tf32_1203p_1cam t_bf16tf32_3p_720p_bgr8"
 # TOTAL (seconds, default 450): the whole call ends within it, whatever compilation costs: each run gets at
 # most the time left (and RUN_TIMEOUT), and a run with under 30 s left is skipped (said in the output).
 TOTAL=${TOTAL:-450}

@@ -11,7 +11,7 @@ from torchvision.ops import deform_conv2d
 from .constants import is_compiling as _is_compiling
 from .constants import shape_constant
 
-__all__ = ["DyConv", "DYReLU", "Conv3x3Norm", "deform_conv2d_sampled", "set_deform_impl"]
+__all__ = ["DyConv", "DYReLU", "Conv3x3Norm", "auto_deform_impl", "deform_conv2d_sampled", "set_deform_impl"]
 
 
 def h_sigmoid(x: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -42,12 +42,13 @@ class ModulatedDeformConv(nn.Module):
     ``impl``: "sample" (:func:`deform_conv2d_sampled`: the same function from stock PyTorch ops, which CUDA
     graphs can capture, whose matrix product can run in reduced precision under autocast, and which measured
     2.3x faster on CPU than torchvision's), "gather" (:func:`deform_conv2d_gathered`: the same function
-    again, the modulation folded into one weighted gather), "auto" (default: "sample", except on a CPU in
-    a compiled graph or under autocast, where "gather" measured faster: GLIP-T's head at 480x640 on a 2-core
-    CPU compiled 568-572 vs 835 ms, eager in bf16 420-427 vs 455-465 ms; eager in fp32 the two are about
-    even, 607-627 vs 615-625 ms), "index" (the gathered form with the gather written as indexing and a
-    weighted sum, for a compiler to fuse into one kernel that writes the columns once; eagerly it
-    materialises the four corners, 4x the columns, so it is for compiled graphs only) or "torchvision"
+    again, the modulation folded into one weighted gather), "auto" (default: :func:`auto_deform_impl`,
+    "sample" eagerly, "index" in a graph compiled for a GPU, "gather" in one compiled for a CPU or eagerly
+    under a CPU's autocast: GLIP-T's head at 480x640 on a 2-core CPU compiled 568-572 vs 835 ms sampled,
+    eager in bf16 420-427 vs 455-465 ms; eager in fp32 the two are about even, 607-627 vs 615-625 ms),
+    "index" (the gathered form with the gather written as indexing and a weighted sum, for a compiler to
+    fuse into one kernel that writes the columns once; eagerly it writes four gathered copies of the
+    columns, so it is for compiled graphs only) or "torchvision"
     (``torchvision.ops.deform_conv2d``, fp32 as the official op)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
@@ -71,8 +72,8 @@ class ModulatedDeformConv(nn.Module):
         dtype = x.dtype
         impl = self.impl
         if impl == "auto":
-            cpu = x.device.type == "cpu"
-            impl = "gather" if cpu and (_is_compiling() or _autocast_dtype("cpu") is not None) else "sample"
+            device_type = x.device.type
+            impl = auto_deform_impl(device_type, _is_compiling(), _autocast_dtype(device_type) is not None)
         if impl == "sample":
             out = deform_conv2d_sampled(
                 x.float(), offset.float(), mask.float(), self.weight, self.bias, self.stride
@@ -116,6 +117,21 @@ class ModulatedDeformConv(nn.Module):
         if kept is None or kept[0] != key:
             self._kept_gathered_weight = kept = (key, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1))
         return kept[1]
+
+
+def auto_deform_impl(device_type: str, compiling: bool, autocast: bool) -> str:
+    """The form "auto" runs, by what measured fastest where (docs/BENCHMARKS.md).
+
+    In a compiled graph: "index" on a GPU (inductor fuses its gather into one kernel per convolution; GLIP-T's
+    compiled bf16 head at 800x1344 on an H100, 11.5 ms against 16.5 gathered and 16.7 sampled a few commits
+    earlier) and "gather"
+    elsewhere (on a 2-core CPU the indexed form was mixed against it, and both beat the sampled one).
+    Eagerly: "gather" on a CPU under autocast (a bf16 head), else "sample" (one grid_sample, which the
+    index form would replace by four gathers written out in full).
+    """
+    if compiling:
+        return "index" if device_type == "cuda" else "gather"
+    return "gather" if device_type == "cpu" and autocast else "sample"
 
 
 def _capturing(device: torch.device) -> bool:

@@ -411,6 +411,19 @@ def test_auto_deform_impl_gathers_only_in_a_graph_compiled_for_a_cpu(monkeypatch
         dyhead.set_deform_impl(conv, "fast")
 
 
+def test_auto_deform_impl_picks_the_indexed_gather_only_in_a_graph_compiled_for_a_gpu():
+    """The GPU choices cannot run here; the rule that makes them can (a CUDA device never reaches a forward
+    on this machine)."""
+    from glip_ros.model.dyhead import auto_deform_impl
+
+    assert auto_deform_impl("cuda", compiling=True, autocast=True) == "index"
+    assert auto_deform_impl("cuda", compiling=True, autocast=False) == "index"
+    assert auto_deform_impl("cuda", compiling=False, autocast=True) == "sample"
+    assert auto_deform_impl("cpu", compiling=True, autocast=False) == "gather"
+    assert auto_deform_impl("cpu", compiling=False, autocast=True) == "gather"
+    assert auto_deform_impl("cpu", compiling=False, autocast=False) == "sample"
+
+
 @pytest.mark.parametrize("b", [1, 2])
 def test_channels_first_copies_exactly(b):
     """The fusion's output back to channels-first levels: the CPU's per-image 2-D transposed copy is the
