@@ -1,5 +1,4 @@
-"""Shared test settings: where the parity fixtures live (../shared beside the checkout, or
-GLIP_SHARED_DIR)."""
+"""Shared test settings and fixtures; the paths themselves are in ``shared_paths.py``."""
 
 from __future__ import annotations
 
@@ -8,21 +7,9 @@ import pathlib
 
 import pytest
 import torch
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("GLIP_SHARED_DIR", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "glip"
-REDUCED = FIXTURES / "glip_t_reduced"
+from shared_paths import FIXTURES, REDUCED, require_fixtures
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def require_fixtures() -> pathlib.Path:
-    if not (REDUCED / "tensors_fp32.npz").is_file():
-        pytest.skip(
-            f"GLIP parity fixtures not found at {FIXTURES} (set GLIP_SHARED_DIR to the shared folder)"
-        )
-    return FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 
-from conftest import FIXTURES, REDUCED, REPO
+from shared_paths import FIXTURES, REDUCED, REPO
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

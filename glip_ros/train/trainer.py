@@ -183,6 +183,17 @@ def kshot_subset(ds: CocoGroundingDataset, k: int, category: str | None, seed: i
     ds.items = [ds.items[i] for i in sorted(keep)]
     if not ds.items:
         raise DatasetError("k-shot selection left no image")
+    short = sorted((ds.names[c], n) for c, n in count.items() if n < k)
+    if short:
+        # A "10-shot" run that saw 3 images of a class is a different experiment: say so where it is set up.
+        listed = ", ".join(f"{name}: {n}" for name, n in short[:20]) + (" ..." if len(short) > 20 else "")
+        log.warning(
+            "k-shot: %d of %d categories have fewer than %d images in the dataset (%s)",
+            len(short),
+            len(cats),
+            k,
+            listed,
+        )
     return ds
 
 

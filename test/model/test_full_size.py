@@ -11,7 +11,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from shared_paths import FIXTURES
 
 pytestmark = pytest.mark.slow
 

@@ -133,6 +133,20 @@ def test_category_name_over_256_tokens(tmp_path) -> None:
         CocoGroundingDataset(_write(tmp_path, [_img(1)], anns[:1], cats[:1]))
 
 
+def test_kshot_says_which_categories_have_fewer_than_k_images(tmp_path, caplog) -> None:
+    from glip_ros.train.trainer import kshot_subset
+
+    images = [_img(i) for i in range(1, 6)]
+    anns = [_ann(i, i, 1, [2, 2, 10, 10]) for i in range(1, 5)] + [_ann(9, 5, 3, [2, 2, 10, 10])]
+    ds = CocoGroundingDataset(_write(tmp_path, images, anns, CATS))
+    with caplog.at_level(logging.WARNING, logger="glip_ros.train.trainer"):
+        sub = kshot_subset(ds, 3, None, seed=0)
+    labels = [set(item["labels"]) for item in sub.items]
+    assert sum(1 in lab for lab in labels) == 3 and sum(3 in lab for lab in labels) == 1
+    assert "2 of 3 categories have fewer than 3 images" in caplog.text
+    assert "square: 0" in caplog.text and "star: 1" in caplog.text and "red_circle" not in caplog.text
+
+
 def test_empty_training_set_refused(tmp_path) -> None:
     with pytest.raises(DatasetError):
         SyntheticGroundingDataset(size=0)
