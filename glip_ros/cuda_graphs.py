@@ -54,7 +54,7 @@ class GraphCache:
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._seen: OrderedDict[tuple, int] = OrderedDict()
         self._failed: set[tuple] = set()
-        self.counters = {"captures": 0, "replays": 0, "fallbacks": 0}
+        self.counters = {"captures": 0, "replays": 0, "fallbacks": 0, "evictions": 0}
         self._generation = constants.generation()  # of the shape constants the graphs read (constants.py)
 
     def __len__(self) -> int:
@@ -99,6 +99,16 @@ class GraphCache:
             self.counters["captures"] += 1
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
+                self.counters["evictions"] += 1
+                if self.counters["evictions"] == 1:
+                    # Said once: unsaid, a node past that many shapes just gets slower, every return of a
+                    # dropped shape paying an eager call and a capture again.
+                    _log.warning(
+                        "more than %d CUDA graphs needed (one per stage and input shape: frame sizes x query "
+                        "lengths x batch sizes): the least recently used is dropped and captured again when "
+                        "its shape returns (counted as graph evictions)",
+                        self.max_graphs,
+                    )
         else:
             self._graphs.move_to_end(key)
         with torch.cuda.device(entry.inputs[0].device):  # a graph replays on the device it was captured on

@@ -243,6 +243,7 @@ class GroundingEngine:
                 "graph_captures",
                 "graph_replays",
                 "graph_fallbacks",
+                "graph_evictions",
                 "compile_fallbacks",
                 "alignment_locations",
                 "alignment_locations_exact",
@@ -371,7 +372,7 @@ class GroundingEngine:
         if self.graphs is None:
             return fn(*inputs)
         out = self.graphs(name, fn, inputs)
-        for k in ("captures", "replays", "fallbacks"):
+        for k in ("captures", "replays", "fallbacks", "evictions"):
             self.counters[f"graph_{k}"] = self.graphs.counters[k]
         return out
 

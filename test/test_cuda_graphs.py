@@ -39,10 +39,35 @@ def test_graph_cache_runs_eagerly_before_capture_and_after_a_failed_one():
 
     x = torch.ones(3)
     assert torch.equal(cache("f", fn, (x,)), x * 2)
-    assert cache.counters == {"captures": 0, "replays": 0, "fallbacks": 0}
+    assert cache.counters == {"captures": 0, "replays": 0, "fallbacks": 0, "evictions": 0}
     assert torch.equal(cache("f", fn, (x,)), x * 2)  # capture attempt fails on CPU -> eager
     assert torch.equal(cache("f", fn, (x,)), x * 2)  # remembered as failed: eager, no new attempt
     assert cache.counters["fallbacks"] == 2 and cache.counters["captures"] == 0 and len(cache) == 0
+
+
+def test_graph_cache_counts_and_reports_the_graphs_it_drops(monkeypatch, caplog):
+    """Bookkeeping without a GPU (the capture and the device switch replaced): past ``max_graphs`` shapes the
+    least recently used graph goes, each drop is counted, and the first one says why in the log."""
+    import contextlib
+    import logging
+
+    from glip_ros import cuda_graphs
+
+    cache = cuda_graphs.GraphCache(max_graphs=2, capture_after=1)
+    monkeypatch.setattr(
+        cache, "_capture", lambda fn, inputs: cuda_graphs._Captured(_NoGraph(), inputs, fn(*inputs))
+    )
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    with caplog.at_level(logging.WARNING, logger=cuda_graphs.__name__):
+        for n in (1, 2, 1, 3, 2):  # 3 drops 2 (1 was used since), then 2 drops 1
+            cache("f", lambda x: x * 2, (torch.ones(n),))
+    assert cache.counters["captures"] == 4 and cache.counters["evictions"] == 2 and len(cache) == 2
+    assert caplog.text.count("more than 2 CUDA graphs needed") == 1
+
+
+class _NoGraph:
+    def replay(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize("preset", ["glip_tiny_test", "glip_tiny_test_a"])
