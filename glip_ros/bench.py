@@ -13,6 +13,7 @@ import contextlib
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -512,18 +513,43 @@ def table(res: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
+
+
+def _frame_size(text: str) -> str:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW in pixels, e.g. 480x640")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """glip-bench's options (scripts/gpu_bench.sh's runs are checked against them by a test)."""
     ap = argparse.ArgumentParser(prog="glip-bench", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="glip_tiny_test")
-    ap.add_argument("--size", default="480x640", help="HxW of the input frames (resized only with --resize)")
+    ap.add_argument(
+        "--size",
+        type=_frame_size,
+        default="480x640",
+        help="HxW of the input frames (resized only with --resize)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    ap.add_argument("--phrases", type=int, default=3, help="3 or an LVIS-sized count such as 1203")
-    ap.add_argument("--cameras", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--chunk-batch", type=int, default=8)
+    ap.add_argument("--phrases", type=_count(1), default=3, help="3 or an LVIS-sized count such as 1203")
+    ap.add_argument("--cameras", type=_count(1), default=1)
+    ap.add_argument("--runs", type=_count(1), default=10)
+    ap.add_argument("--warmup", type=_count(0), default=2)
+    ap.add_argument("--chunk-batch", type=_count(1), default=8)
     ap.add_argument(
         "--head-precision",
         default="fp32",
@@ -554,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--sample-group-channels",
-        type=int,
+        type=_count(0),
         default=None,
         metavar="N",
         help="channels per grid_sample batch entry in the sampled DCN (default: the model's, 16; 0: no "
@@ -567,14 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the cached path's deformable convolution: sample (grid_sample + modulation + product), gather "
         "(one weighted gather of the modulated columns, embedding_bag, + product; "
         "dyhead.deform_conv2d_gathered), index (the same gather as indexing + weighted sum, which a compiled "
-        "graph fuses into one kernel; eagerly slow) or auto (default: sample; gather on a CPU in a compiled "
-        "graph or under autocast)",
+        "graph fuses into one kernel; eagerly slow) or auto (default: sample eagerly; index in a graph "
+        "compiled for a GPU; gather in one compiled for a CPU or eagerly under a CPU's autocast)",
     )
     ap.add_argument("--checkpoint", help="benchmark these weights (default: random weights of --preset)")
     ap.add_argument(
         "--scenes", action="store_true", help="frames from the synthetic scene generator, not noise"
     )
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument(
         "--malloc",
         default="keep",
@@ -587,7 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--count-ops", action="store_true", help="count the operators (about: kernels) of one cached call"
     )
-    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N most costly operators")
+    ap.add_argument(
+        "--profile", type=_count(0), default=0, metavar="N", help="print the N most costly operators"
+    )
     ap.add_argument("--json", help="also write the raw results to this file")
     return ap
 
@@ -598,7 +626,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.malloc == "keep":
         print(keep_freed_memory()[1], flush=True)
-    res = run(args)
+    from .model import CheckpointError
+    from .prompt import QueryError
+
+    try:
+        res = run(args)
+    except (FileNotFoundError, CheckpointError, QueryError, ValueError) as e:
+        # what the user asked for cannot run (a preset, device or checkpoint): the reason, not a traceback
+        print(f"glip-bench: {e}", file=sys.stderr)
+        return 2
     print(table(res), flush=True)
     _write_json(args.json, res, complete=True)
     return 0

@@ -124,11 +124,11 @@ def convert_main(argv=None) -> int:
     ap.add_argument("src")
     ap.add_argument("dst")
     args = ap.parse_args(argv)
-    from .model import convert_to_safetensors
+    from .model import CheckpointError, convert_to_safetensors
 
     try:
         info = convert_to_safetensors(args.src, args.dst)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, CheckpointError) as e:
         print(f"glip-convert: {e}", file=sys.stderr)
         return 2
     print(f"wrote {info['tensors']} tensors to {info['dst']}")

@@ -5,8 +5,8 @@
 #   (d) optionally the few-shot / prompt-tuning table (--fewshot).
 #
 #   scripts/train_embedded.sh --reproduce --device cuda --out out/chain
-#                              # the shipped file's recipe: the 4 chained stages of configs/train/embedded_chain.yaml
-#                              # (stage 1 on a GPU, stages 2-4 were CPU runs; --device sets all of them)
+#                              # the shipped file's recipe: the 5 chained stages of configs/train/embedded_chain.yaml
+#                              # (stage 1 on a GPU, stages 2-5 were CPU runs; --device sets all of them)
 #   scripts/train_embedded.sh --reproduce --smoke --out out/smoke
 #                              # check mode: every stage of the chain for 2 steps, 4-image evaluation (~20 s CPU)
 #   scripts/train_embedded.sh                      # one from-scratch run on 2 CPU cores: configs/train/embedded_cpu.yaml

@@ -1,4 +1,4 @@
-"""glip-detect and glip-convert as a user runs them (subprocesses)."""
+"""glip-detect and glip-convert as a user runs them (subprocesses); glip-bench's refusals."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 from shared_paths import FIXTURES, REDUCED, REPO
 
 
@@ -114,3 +115,21 @@ def test_detect_refuses_16_bit_images_and_a_missing_output_folder(tmp_path):
     Image.new("RGB", (8, 8)).save(img)
     r = _run(str(img), "--query", "cat", "--out", str(tmp_path / "missing" / "out.png"))
     assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
+
+
+def test_bench_answers_usage_errors_with_the_reason(capsys):
+    """glip-bench: a malformed option is an argparse error, a preset or device that cannot run is one line
+    on stderr and exit status 2, not a traceback."""
+    from glip_ros.bench import main
+
+    for argv, reason in [
+        (["--size", "480"], "not HxW"),
+        (["--runs", "0"], "less than 1"),
+        (["--cameras", "0"], "less than 1"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and reason in capsys.readouterr().err, argv
+    assert main(["--preset", "glip_tt", "--runs", "1", "--malloc", "default"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glip-bench: unknown preset 'glip_tt'") and "Traceback" not in err

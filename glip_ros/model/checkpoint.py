@@ -94,6 +94,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     import pickle
     import zipfile
 
+    _check_torch_save_format(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -104,12 +105,36 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             f"  and load the .safetensors file. ({str(e).splitlines()[0]})"
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} (truncated or not a PyTorch checkpoint?): {e}") from e
+        raise CheckpointError(
+            f"cannot read {path} (truncated or not a PyTorch checkpoint?): {type(e).__name__}: {e}"
+        ) from e
     except Exception as e:  # noqa: BLE001 - garbage bytes surface as KeyError/IndexError/... from the unpickler
         raise CheckpointError(
             f"cannot read {path}: not a PyTorch checkpoint ({type(e).__name__}: {e})"
         ) from e
     return _extract_model_state(obj, path)
+
+
+# torch.save's legacy (pre-1.6, non-zip) files start with the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_SAVE_HEAD = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _check_torch_save_format(path: str) -> None:
+    """Refuse a file that torch.save did not write (a zip archive, or the legacy format's magic number).
+
+    Why: torch.load's weights-only refusal reads the same for random bytes as for a real checkpoint that
+    pickles objects, and only the second one should be sent to glip-convert."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_SAVE_HEAD))
+    if head != _LEGACY_TORCH_SAVE_HEAD:
+        raise CheckpointError(
+            f"cannot read {path}: not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy "
+            "format; truncated or another kind of file?)"
+        )
 
 
 def _extract_model_state(obj: Any, origin: str) -> dict[str, torch.Tensor]:
@@ -246,7 +271,15 @@ def convert_to_safetensors(src: str, dst: str) -> dict[str, Any]:
 
     if not os.path.isfile(src):
         raise FileNotFoundError(f"checkpoint not found: {src}")
-    obj = torch.load(src, map_location="cpu", weights_only=False)
+    _check_torch_save_format(src)
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in the unpickler or the zip reader
+        first = str(e).splitlines()[0] if str(e) else "(no message)"
+        raise CheckpointError(
+            f"cannot load {src} (truncated, damaged, or pickling a class not installed here?): "
+            f"{type(e).__name__}: {first}"
+        ) from e
     sd = _strip_prefix(_extract_model_state(obj, src))
     sd = {k: v.contiguous().clone() for k, v in sd.items()}
     save_file(sd, dst, metadata={"format": "pt", "converted_from": os.path.basename(src)})

@@ -20,8 +20,8 @@ Design (see docs/INTERFACES.md for the user-facing contract):
 from __future__ import annotations
 
 import gc
-import math
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -202,7 +202,7 @@ class GlipNode(LifecycleNode):
             self.add_pre_set_parameters_callback(self._pre_set_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         for reason in startup_rejects:
-            self._bad_input("param_rejected", f"start-up value refused: {reason}")
+            self._bad_input("param_rejected", f"start-up value refused: {reason}", throttle_key=reason)
         # Start-up values skip the on-set callback: give the live and activate ones the same checks as a
         # runtime set, so that e.g. transport:=rawx or duplicate camera names are not used silently. (Model
         # parameters and the query are checked at configure, which fails or starts idle with the reason.)
@@ -245,7 +245,11 @@ class GlipNode(LifecycleNode):
             if spec is None or p.type_ == Parameter.Type.NOT_SET:
                 continue
             if spec.read_only:
-                self._bad_input("param_rejected", f"parameter '{p.name}' is read-only (read once at start)")
+                self._bad_input(
+                    "param_rejected",
+                    f"parameter '{p.name}' is read-only (read once at start)",
+                    throttle_key=p.name,
+                )
                 continue
             expected = self._param_types[p.name]
             if p.type_ != expected:
@@ -253,17 +257,24 @@ class GlipNode(LifecycleNode):
                     "param_rejected",
                     f"parameter '{p.name}' refused: expected {expected.name.lower()}, "
                     f"got {p.type_.name.lower()}",
+                    throttle_key=p.name,
                 )
             elif spec.int_range and not spec.int_range[0] <= p.value <= spec.int_range[1]:
-                self._bad_input("param_rejected", f"parameter '{p.name}'={p.value} outside {spec.int_range}")
+                self._bad_input(
+                    "param_rejected",
+                    f"parameter '{p.name}'={p.value} outside {spec.int_range}",
+                    throttle_key=p.name,
+                )
             elif spec.float_range and not spec.float_range[0] <= p.value <= spec.float_range[1]:
                 self._bad_input(
-                    "param_rejected", f"parameter '{p.name}'={p.value} outside {spec.float_range}"
+                    "param_rejected",
+                    f"parameter '{p.name}'={p.value} outside {spec.float_range}",
+                    throttle_key=p.name,
                 )
         return parameters
 
     def _refuse(self, reason: str) -> SetParametersResult:
-        self._bad_input("param_rejected", reason)
+        self._bad_input("param_rejected", reason, throttle_key=reason)
         return SetParametersResult(successful=False, reason=reason)
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
@@ -322,15 +333,18 @@ class GlipNode(LifecycleNode):
 
     # ------------------------------------------------------------------ bad input and logging
 
-    def _bad_input(self, kind: str, message: str, camera: Camera | None = None) -> None:
-        """Count a bad input and log it, at most once per ``warn_throttle`` seconds per kind and camera."""
+    def _bad_input(
+        self, kind: str, message: str, camera: Camera | None = None, throttle_key: str = ""
+    ) -> None:
+        """Count a bad input and log it, at most once per ``warn_throttle`` seconds per kind and camera (and
+        ``throttle_key``: refused parameters are throttled per parameter, so that each one is named)."""
         with self._bad_lock:
             self._bad[kind] = self._bad.get(kind, 0) + 1
             if camera is not None:
                 camera.stats.bad += 1
         now = time.monotonic()
         throttle = float(self.param("warn_throttle"))
-        key = f"{kind}@{camera.label if camera is not None else ''}"
+        key = f"{kind}@{camera.label if camera is not None else ''}#{throttle_key}"
         last = self._warn_last.get(key)
         if last is not None and now - last < throttle:
             self._warn_suppressed[key] = self._warn_suppressed.get(key, 0) + 1
@@ -355,7 +369,7 @@ class GlipNode(LifecycleNode):
 
             torch.set_num_threads(threads)
         if checkpoint and not os.path.isfile(os.path.expanduser(checkpoint)):
-            return self._configure_failed(f"checkpoint file not found: {checkpoint!r}")
+            return self._configure_failed(f"checkpoint file not found: {checkpoint!r}", checkpoint_hint=True)
         t0 = time.monotonic()
         try:
             from glip_ros.engine import GroundingEngine
@@ -377,7 +391,11 @@ class GlipNode(LifecycleNode):
             if self.param("warmup"):
                 engine.warmup()
         except Exception as exc:  # noqa: BLE001 - any load failure leaves the node alive and unconfigured
-            return self._configure_failed(f"{type(exc).__name__}: {exc}")
+            from glip_ros.model import CheckpointError
+
+            return self._configure_failed(
+                f"{type(exc).__name__}: {exc}", checkpoint_hint=isinstance(exc, CheckpointError)
+            )
         self._engine = engine
         self._device = device
         self._last_error = ""
@@ -393,15 +411,20 @@ class GlipNode(LifecycleNode):
         ok, reason, _ = self._apply_query(text, None, source="parameter")
         if not ok:
             self.get_logger().error(f"stored query {text[:80]!r} rejected ({reason}); starting idle")
+            self._sync_query_param("")  # `param get query` tells the query in use
         self._state_label = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
-    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+    def _configure_failed(self, reason: str, checkpoint_hint: bool = False) -> TransitionCallbackReturn:
         self._bad["model_load"] += 1
         self._last_error = reason
+        fix = (
+            "Set 'checkpoint' to a valid file (or empty for the embedded default model)"
+            if checkpoint_hint
+            else "Correct the model parameter named above"
+        )
         self.get_logger().error(
-            f"configure failed, node stays unconfigured: {reason}. Set 'checkpoint' to a valid file "
-            "(or empty for the embedded default model) and trigger configure again."
+            f"configure failed, node stays unconfigured: {reason}. {fix} and trigger configure again."
         )
         return TransitionCallbackReturn.FAILURE
 
@@ -883,8 +906,9 @@ class GlipNode(LifecycleNode):
             self._bad_input("query_too_long", f"ground: {response.message}")
             return response
         threshold = float(request.score_threshold)
-        if not threshold > 0 or not math.isfinite(threshold):
+        if not threshold > 0:  # <= 0 or NaN: the parameter
             threshold = float(self.param("score_threshold"))
+        threshold = min(threshold, 1.0)  # above 1 (inf too) means 1, as documented
         try:
             with self._engine_lock:
                 if self._engine is not engine:
@@ -1049,8 +1073,22 @@ def _rss_bytes() -> int:
         return -1
 
 
+NODE_USAGE = """usage: glip_node [--ros-args -p NAME:=VALUE ... --params-file FILE -r FROM:=TO ...]
+
+The glip_ros grounding node (a lifecycle node): subscribes to the camera image topics named by the 'cameras'
+parameter, grounds the active query's phrases in every frame and publishes vision_msgs/Detection2DArray.
+Parameters, topics, services and diagnostics: docs/INTERFACES.md; defaults: config/glip.yaml.
+With autostart (default true) it configures and activates itself; set autostart:=false to drive the
+lifecycle yourself."""
+
+
 def main(args: list[str] | None = None) -> None:
     """Console script ``glip_node``: run the node, configuring and activating it unless autostart is false."""
+    argv = sys.argv[1:] if args is None else list(args)[1:]
+    own = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv
+    if "-h" in own or "--help" in own:
+        print(NODE_USAGE)
+        return
     rclpy.init(args=args)
     node = GlipNode()
     executor = MultiThreadedExecutor(num_threads=4)

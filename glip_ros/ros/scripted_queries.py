@@ -8,7 +8,8 @@ collects the ``detections`` of frames stamped after the acknowledgement, prints 
 
 Parameters: ``queries`` (string array; '' means idle), ``period`` (s per query), ``out`` (folder, '' = do
 not write), ``node`` (name of the glip node), ``wait_timeout`` (s to wait for the node to come up),
-``max_images`` (per query).
+``max_images`` (per query). While it waits for the node, a node that failed to configure (its ``/diagnostics``
+status says so) ends the wait at once with the node's reason.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def _stamp_ns(header: Any) -> int:
 def main(args: list[str] | None = None) -> int:
     """Run the query script; returns the process exit code."""
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -59,7 +61,7 @@ def main(args: list[str] | None = None) -> int:
     max_images = int(node.declare_parameter("max_images", 5).value)
 
     lock = threading.Lock()
-    state: dict[str, Any] = {"after_ns": None, "dets": [], "images": [], "seen": 0}
+    state: dict[str, Any] = {"after_ns": None, "dets": [], "images": [], "seen": 0, "node_error": ""}
 
     def on_dets(msg: Detection2DArray) -> None:
         with lock:
@@ -79,6 +81,15 @@ def main(args: list[str] | None = None) -> int:
     node.create_subscription(Detection2DArray, "detections", on_dets, out_qos)
     if out:
         node.create_subscription(Image, "debug_image", on_image, out_qos)
+    status_name = f"/{target.lstrip('/')}: grounding"  # the node's main diagnostics status
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            failed = st.level == DiagnosticStatus.ERROR and "not configured" in st.message
+            if st.name == status_name and failed:
+                state["node_error"] = st.message
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     client = node.create_client(SetQuery, f"{target}/set_query")
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
@@ -88,9 +99,14 @@ def main(args: list[str] | None = None) -> int:
     rc = 0
     try:
         print(f"[demo] waiting up to {wait_timeout:.0f} s for {client.srv_name} ...", flush=True)
-        if not client.wait_for_service(timeout_sec=wait_timeout):
-            print(f"[demo] ERROR: {client.srv_name} did not appear; is glip_node running?", flush=True)
-            return 2
+        deadline = time.monotonic() + wait_timeout
+        while not client.wait_for_service(timeout_sec=0.5):
+            if state["node_error"]:  # it is up but cannot serve: say why instead of waiting it out
+                print(f"[demo] ERROR: {target} {state['node_error']}", flush=True)
+                return 2
+            if time.monotonic() > deadline:
+                print(f"[demo] ERROR: {client.srv_name} did not appear; is glip_node running?", flush=True)
+                return 2
         # The node answers every frame, even when idle: wait until answers flow (camera -> node -> here),
         # so that each query's period measures the node and not DDS discovery.
         deadline = time.monotonic() + 60.0

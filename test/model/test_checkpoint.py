@@ -108,6 +108,23 @@ def test_garbage_and_ema_only_files_are_explained(tiny, tmp_path):
         load_checkpoint(tiny, ema)
 
 
+def test_random_bytes_are_not_sent_to_glip_convert(tiny, tmp_path):
+    """torch's weights-only refusal reads the same for random bytes as for a checkpoint that pickles objects;
+    only the second gets the glip-convert advice, and glip-convert refuses both damaged kinds itself."""
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint") as info:
+        load_checkpoint(tiny, str(noise))
+    assert "glip-convert" not in str(info.value)
+    whole = str(tmp_path / "whole.pth")
+    torch.save({"model": tiny.state_dict()}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(open(whole, "rb").read()[:-100])
+    for bad in (noise, cut):
+        with pytest.raises(CheckpointError, match="cannot read"):
+            convert_to_safetensors(str(bad), str(tmp_path / "out.safetensors"))
+
+
 def test_a_misfit_report_says_how_much_matches(tiny, tmp_path):
     path = str(tmp_path / "tiny.safetensors")
     save_checkpoint(tiny, path)

@@ -82,7 +82,10 @@ def test_missing_checkpoint_leaves_the_node_alive_and_unconfigured(managed) -> N
     assert status["_level"] == "2" and "checkpoint file not found" in status["_message"]
     assert status["bad_input.model_load"] == "1"
     assert int(status["bad_input.param_rejected"]) >= 2
+    # each refused start-up value is named (they are one kind of bad input, throttled per parameter)
     assert "start-up value" in node.output() and "max_batch" in node.output()
+    assert "image_reliability" in node.output()
+    assert "Set 'checkpoint' to a valid file" in node.output()
     values = client.get_parameters(NODE, ["max_batch", "image_reliability"])
     assert values == {"max_batch": 4, "image_reliability": "best_effort"}, values
     # while unconfigured: a missing file is refused with the reason, a wrong type too; both counted

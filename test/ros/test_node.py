@@ -35,6 +35,7 @@ def glip(request: pytest.FixtureRequest, tiny_checkpoint: tuple[str, str]):
         "image_reliability": "reliable",  # exact bad-input counts; best_effort is covered by test_multicamera
         "diagnostics_period": 0.5,
         "warn_throttle": 30.0,
+        "query": ";;",  # refused at configure: the node starts idle
     }
     yield from start_node(request, params)
 
@@ -100,6 +101,12 @@ def set_query(client: Any, text: str, phrases: list[str] | None = None) -> Any:
 
 def phrases_of(arr: Any) -> set[str]:
     return {h.hypothesis.class_id for d in arr.detections for h in d.results}
+
+
+def test_a_refused_start_up_query_leaves_the_node_idle_and_the_parameter_truthful(glip) -> None:
+    node, client = glip
+    wait_for(lambda: "stored query ';;' rejected" in node.output(), 20, "the refusal in the log")
+    assert client.get_parameters(NODE, ["query"]) == {"query": ""}
 
 
 def test_detections_carry_the_frame_header_and_phrases(glip, outputs: Outputs) -> None:
@@ -240,7 +247,7 @@ def test_ground_service_on_given_image_and_latest_frame(glip, outputs: Outputs) 
         req = Ground.Request(
             query="red mug. laptop", use_image=True, image=rgb_image_msg(rgb, stamp, "arm_cam")
         )
-        resp = client.call(cli, req)
+        resp = resp_given = client.call(cli, req)
         assert resp.success, resp.message
         assert list(resp.phrases) == ["red mug", "laptop"]
         assert resp.detections.header.frame_id == "arm_cam" and resp.detections.header.stamp == stamp
@@ -261,6 +268,23 @@ def test_ground_service_on_given_image_and_latest_frame(glip, outputs: Outputs) 
         assert resp.success, resp.message
         assert resp.detections.header.frame_id == "latest_cam"
         assert list(resp.phrases) == ["red circle"]
+
+        # a threshold above 1 means 1 (nothing passes), infinity too; NaN means the parameter
+        for above in (5.0, float("inf")):
+            none = client.call(
+                cli,
+                Ground.Request(
+                    query="red mug. laptop", use_image=True, image=req.image, score_threshold=above
+                ),
+            )
+            assert none.success and not none.detections.detections, above
+        nan = client.call(
+            cli,
+            Ground.Request(
+                query="red mug. laptop", use_image=True, image=req.image, score_threshold=float("nan")
+            ),
+        )
+        assert nan.success and len(nan.detections.detections) == len(resp_given.detections.detections)
 
         bad_cam = client.call(cli, Ground.Request(camera="no_such_camera"))
         assert not bad_cam.success and "no_such_camera" in bad_cam.message
