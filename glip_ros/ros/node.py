@@ -197,6 +197,12 @@ class GlipNode(LifecycleNode):
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self._pub_query_state: Any = None
         self._entities: list[tuple[str, Any]] = []
+        # Service calls in progress, and services deactivate took down while one was (see _retire_service).
+        self._calls_lock = threading.Lock()
+        self._calls_in_flight = 0
+        self._calls_last_end = 0.0
+        self._retired: list[Any] = []
+        self._reap_timer: Any = None
 
         if hasattr(self, "add_pre_set_parameters_callback"):  # Iron and later
             self.add_pre_set_parameters_callback(self._pre_set_parameters)
@@ -446,6 +452,13 @@ class GlipNode(LifecycleNode):
         from glip_ros.msg import GroundingResult
         from glip_ros.srv import Ground, SetQuery
 
+        self._wait_for_retired(30.0)
+        if self._retired:
+            self.get_logger().error(
+                "activate failed: a service call made before the last deactivate is still running; "
+                "activate again when it has been answered"
+            )
+            return TransitionCallbackReturn.FAILURE
         try:
             names = [str(n) for n in self.param("cameras")]
             compressed = self.param("transport") == "compressed"
@@ -495,13 +508,19 @@ class GlipNode(LifecycleNode):
                 (
                     "srv",
                     self.create_service(
-                        SetQuery, "~/set_query", self._on_set_query, callback_group=self._services_group
+                        SetQuery,
+                        "~/set_query",
+                        self._counted_call(self._on_set_query),
+                        callback_group=self._services_group,
                     ),
                 ),
                 (
                     "srv",
                     self.create_service(
-                        Ground, "~/ground", self._on_ground, callback_group=self._services_group
+                        Ground,
+                        "~/ground",
+                        self._counted_call(self._on_ground),
+                        callback_group=self._services_group,
                     ),
                 ),
             ]
@@ -564,9 +583,60 @@ class GlipNode(LifecycleNode):
             for ent in (cam.sub, cam.pub_det, cam.pub_grounding, cam.pub_debug):
                 if ent is not None:
                     self._destroy(ent)
-        for _, ent in self._entities:
-            self._destroy(ent)
+        for kind, ent in self._entities:
+            if kind == "srv":
+                self._retire_service(ent)
+            else:
+                self._destroy(ent)
         self._entities = []
+
+    # ------------------------------------------------------------------ services and deactivate
+
+    def _counted_call(self, fn: Any) -> Any:
+        """A service callback counted while it runs. Why: rclpy sends the answer after the callback returns,
+        and an answer on a service that deactivate destroyed meanwhile raised out of the executor's spin and
+        ended the process."""
+
+        def call(request: Any, response: Any) -> Any:
+            with self._calls_lock:
+                self._calls_in_flight += 1
+            try:
+                return fn(request, response)
+            finally:
+                with self._calls_lock:
+                    self._calls_in_flight -= 1
+                    self._calls_last_end = time.monotonic()
+
+        return call
+
+    def _retire_service(self, srv: Any) -> None:
+        """Destroy a service now, or, while a call is in progress or just answered, once it is done (a timer
+        checks every 0.2 s); meanwhile the service answers as the inactive node does."""
+        with self._calls_lock:
+            self._retired.append(srv)
+        if not self._reap_retired() and self._reap_timer is None:
+            self._reap_timer = self.create_timer(0.2, self._reap_retired, callback_group=self._diag_group)
+
+    def _reap_retired(self) -> bool:
+        """Destroy the retired services if no call is in progress or was answered in the last second (the
+        answer leaves after the callback); True when none is left."""
+        with self._calls_lock:
+            busy = self._calls_in_flight > 0 or time.monotonic() - self._calls_last_end < 1.0
+            if busy and self._retired:
+                return False
+            retired, self._retired = self._retired, []
+        for srv in retired:
+            self._destroy(srv)
+        if self._reap_timer is not None:
+            self.destroy_timer(self._reap_timer)
+            self._reap_timer = None
+        return True
+
+    def _wait_for_retired(self, timeout: float) -> None:
+        """Before creating the services again: two services of one name on a node must not coexist."""
+        deadline = time.monotonic() + timeout
+        while not self._reap_retired() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _destroy(self, entity: Any) -> None:
         for fn in (self.destroy_subscription, self.destroy_publisher, self.destroy_service):

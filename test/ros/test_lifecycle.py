@@ -223,3 +223,30 @@ def test_use_sim_time_latency_is_measured_on_the_sim_clock(managed) -> None:
         for ent in (sub, pub, clock_pub):
             client.node.destroy_subscription(ent) if ent is sub else client.node.destroy_publisher(ent)
     assert node.alive()
+
+
+def test_deactivate_while_a_service_call_runs_answers_it_and_keeps_the_node(managed) -> None:
+    """A ~/set_query still encoding when a lifecycle manager deactivates: the call is answered, the node lives
+    on (its answer on the destroyed service used to raise out of spin and end the process), the service goes
+    once answered, and the next activate brings it back."""
+    from glip_ros.srv import SetQuery
+
+    node, client = managed
+    assert lifecycle(client) == "active"
+    (res,) = client.set_parameters(NODE, {"max_query_chars": 100000})
+    assert res.successful, res.reason
+    text = ". ".join(f"thing{i} number{i}" for i in range(6000))[:99000]  # about a second to encode
+    cli = client.node.create_client(SetQuery, f"{NODE}/set_query")
+    try:
+        assert cli.wait_for_service(timeout_sec=20)
+        future = cli.call_async(SetQuery.Request(query=text))
+        time.sleep(0.3)
+        assert lifecycle(client, "deactivate") == "inactive"
+        wait_for(future.done, 60, "the answer to the call made before deactivate")
+        wait_for(lambda: not cli.service_is_ready(), 20, "the service to go with the deactivation")
+        assert node.alive()
+        assert lifecycle(client, "activate") == "active"
+        assert client.call(cli, SetQuery.Request(query="red circle")).success
+    finally:
+        client.node.destroy_client(cli)
+    assert node.alive()
