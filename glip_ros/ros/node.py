@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 import threading
 import time
@@ -140,13 +141,13 @@ class Camera:
         return f"{self.name}/{base}" if self.name else base
 
 
+_TOPIC_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _valid_camera_name(name: str) -> bool:
-    if name == "":
-        return True
-    parts = name.split("/")
-    return all(
-        p and (p[0].isalpha() or p[0] == "_") and all(c.isalnum() or c == "_" for c in p) for p in parts
-    )
+    """'' or '/'-separated ROS topic-name tokens (ASCII letters, digits, '_'; str.isalpha would take 'ü',
+    which passed here and then failed activate's create_subscription)."""
+    return name == "" or all(_TOPIC_TOKEN.fullmatch(p) for p in name.split("/"))
 
 
 class GlipNode(LifecycleNode):
@@ -421,6 +422,12 @@ class GlipNode(LifecycleNode):
         self._state_label = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
+    def _activate_failed(self, reason: str) -> TransitionCallbackReturn:
+        """Log it and keep it for /diagnostics (level ERROR) until the next successful activate."""
+        self._last_error = f"activate failed: {reason}"
+        self.get_logger().error(self._last_error)
+        return TransitionCallbackReturn.FAILURE
+
     def _configure_failed(self, reason: str, checkpoint_hint: bool = False) -> TransitionCallbackReturn:
         self._bad["model_load"] += 1
         self._last_error = reason
@@ -454,11 +461,10 @@ class GlipNode(LifecycleNode):
 
         self._wait_for_retired(30.0)
         if self._retired:
-            self.get_logger().error(
-                "activate failed: a service call made before the last deactivate is still running; "
-                "activate again when it has been answered"
+            return self._activate_failed(
+                "a service call made before the last deactivate is still running; activate again when it "
+                "has been answered"
             )
-            return TransitionCallbackReturn.FAILURE
         try:
             names = [str(n) for n in self.param("cameras")]
             compressed = self.param("transport") == "compressed"
@@ -525,9 +531,8 @@ class GlipNode(LifecycleNode):
                 ),
             ]
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
             self._destroy_cameras()
-            return TransitionCallbackReturn.FAILURE
+            return self._activate_failed(f"{type(exc).__name__}: {exc}")
         with self._frames_cv:
             self._cameras = cameras
         self._stop.clear()
@@ -537,6 +542,7 @@ class GlipNode(LifecycleNode):
         self._start_diagnostics_timer()
         self._publish_query_state()
         self._state_label = "active"
+        self._last_error = ""
         topics = ", ".join(c.input_topic for c in cameras)
         self.get_logger().info(f"active: {len(cameras)} camera(s) [{topics}], query {self._query.text!r}")
         return TransitionCallbackReturn.SUCCESS
@@ -552,6 +558,7 @@ class GlipNode(LifecycleNode):
         self._stop_work()
         self._release_engine()
         self._state_label = "unconfigured"
+        self._last_error = ""
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -1033,6 +1040,9 @@ class GlipNode(LifecycleNode):
         if engine is None:
             main.level = DiagnosticStatus.ERROR if self._last_error else DiagnosticStatus.WARN
             main.message = f"not configured: {self._last_error}" if self._last_error else self._state_label
+        elif self._last_error:
+            main.level = DiagnosticStatus.ERROR
+            main.message = f"{self._state_label}; {self._last_error}"
         elif bad_total > self._bad_last_tick:
             main.level = DiagnosticStatus.WARN
             main.message = f"{self._state_label}; bad input received (see bad_input.*)"

@@ -245,6 +245,9 @@ def test_deactivate_while_a_service_call_runs_answers_it_and_keeps_the_node(mana
         wait_for(future.done, 60, "the answer to the call made before deactivate")
         wait_for(lambda: not cli.service_is_ready(), 20, "the service to go with the deactivation")
         assert node.alive()
+        # a camera name ROS cannot take is refused when set (it passed, then failed activate, unseen)
+        (res,) = client.set_parameters(NODE, {"cameras": ["front", "kamera_\u00fc"]})
+        assert not res.successful and "kamera" in res.reason, res.reason
         assert lifecycle(client, "activate") == "active"
         assert client.call(cli, SetQuery.Request(query="red circle")).success
     finally:
