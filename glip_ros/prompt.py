@@ -16,6 +16,7 @@ so scores of queries over 256 tokens are not the official LVIS protocol's (docs/
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -221,7 +222,7 @@ def build_prompts(
                 raise QueryError(f"phrase {i} of the list is a {type(p).__name__}, not a string: {p!r}")
             if not _has_word(p):
                 raise QueryError(f"phrase {i} of the list has no letter or digit: {p!r}")
-        names = [" ".join(p.split()) for p in query]
+        names = [" ".join(_drop_invisible(p).split()) for p in query]
         caption, spans = "", []
         for w in names:  # official demo caption for a list: "w1 . w2 . "
             spans.append([(len(caption), len(caption) + len(w))])
@@ -258,10 +259,9 @@ def build_prompts(
                 "shorten it to ground phrases in it"
             )
         prompts = _chunked(query, names, spans, tokenizer, max_len)
-        for name, toks in zip(names, prompts[0].token_lists, strict=True):
-            if not toks:
-                raise QueryError(f"phrase {name!r} covers no token of the caption (only spaces?)")
+        _check_every_phrase_has_tokens(prompts)
         return prompts
+    query = _drop_invisible(query)
     names = split_query(query)
     if not names:
         raise QueryError(f"the query has no words, only punctuation or spaces: {query[:40]!r}")
@@ -273,7 +273,26 @@ def build_prompts(
         assert s is not None, (query, p)
         spans.append([s])
         pos = s[1]
-    return _chunked(query, names, spans, tokenizer, max_len)
+    prompts = _chunked(query, names, spans, tokenizer, max_len)
+    _check_every_phrase_has_tokens(prompts)
+    return prompts
+
+
+def _drop_invisible(text: str) -> str:
+    """The text without control and format characters other than whitespace (zero-width spaces, BOM, soft
+    hyphen, BEL, ...). BERT's tokenizer deletes them, so they name nothing; left in a phrase they moved its
+    span off its own tokens and the phrase silently could never be detected."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf"))
+
+
+def _check_every_phrase_has_tokens(prompts: list[Prompt]) -> None:
+    """A phrase that covers no token can never be detected: refuse the query rather than answer it without."""
+    for prompt in prompts:
+        for name, toks in zip(prompt.phrases, prompt.token_lists, strict=True):
+            if not toks:
+                raise QueryError(f"phrase {name!r} covers no token of the caption (only spaces or symbols?)")
 
 
 SENTENCE_MIN_WORDS = 4

@@ -114,3 +114,16 @@ def test_a_phrase_list_item_that_cannot_be_a_phrase_is_refused_not_dropped():
 def test_a_decimal_point_does_not_split_a_phrase():
     assert split_query("3.5 inch floppy. cup, 0.5 l bottle.") == ["3.5 inch floppy", "cup", "0.5 l bottle"]
     assert split_query("mug.2 cups") == ["mug", "2 cups"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["mug. \u200b\u200b\u200blaptop", "\x07\x07\x07mug. laptop", "mug. \ufefflaptop", "mug. lap\u00adtop"],
+)
+def test_invisible_characters_do_not_hide_a_phrase(query):
+    """Zero-width spaces, BEL, BOM, soft hyphens: BERT deletes them; a phrase next to them used to keep a span
+    off its own tokens and could never be detected (accepted, no error)."""
+    (p,) = build_prompts(query)
+    assert p.phrases == ["mug", "laptop"] and all(p.token_lists), p.token_lists
+    (q,) = build_prompts(["\u200bmug", "laptop"])
+    assert q.phrases == ["mug", "laptop"] and all(q.token_lists)

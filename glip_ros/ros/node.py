@@ -182,6 +182,7 @@ class GlipNode(LifecycleNode):
         self._query = ActiveQuery(query_id=0, text="")
         self._next_query_id = 1
         self._sync = threading.local()
+        self._mirror_lock = threading.Lock()
         self._bad: dict[str, int] = dict.fromkeys(BAD_INPUT_KINDS, 0)
         self._bad_lock = threading.Lock()
         self._bad_last_tick = 0
@@ -329,14 +330,23 @@ class GlipNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _sync_query_param(self, text: str) -> None:
-        """Mirror a query set by topic/service into the ``query`` parameter, so `param get` is truthful."""
-        if self.param("query") == text:
-            return
-        self._sync.active = True
-        try:
-            self.set_parameters([Parameter("query", Parameter.Type.STRING, text)])
-        finally:
-            self._sync.active = False
+        """Mirror the query in use into the ``query`` parameter, so `param get` is truthful (``text``: the
+        stored query, used while no model is loaded).
+
+        Serialised, and with a model loaded it writes the active query as it is at the write: a topic query
+        and a service query arriving together wrote their own texts in either order, and the parameter
+        could keep the one that was replaced."""
+        with self._mirror_lock:
+            if self._engine is not None:
+                q = self._query
+                text = q.text if q.prepared is not None else ""
+            if self.param("query") == text:
+                return
+            self._sync.active = True
+            try:
+                self.set_parameters([Parameter("query", Parameter.Type.STRING, text)])
+            finally:
+                self._sync.active = False
 
     # ------------------------------------------------------------------ bad input and logging
 
@@ -622,14 +632,17 @@ class GlipNode(LifecycleNode):
         with self._calls_lock:
             self._retired.append(srv)
         if not self._reap_retired() and self._reap_timer is None:
-            self._reap_timer = self.create_timer(0.2, self._reap_retired, callback_group=self._diag_group)
+            try:
+                self._reap_timer = self.create_timer(0.2, self._reap_retired, callback_group=self._diag_group)
+            except Exception:  # noqa: BLE001 - the context is shut down (process exit): no answer will go
+                self._reap_retired(force=True)
 
-    def _reap_retired(self) -> bool:
+    def _reap_retired(self, force: bool = False) -> bool:
         """Destroy the retired services if no call is in progress or was answered in the last second (the
         answer leaves after the callback); True when none is left."""
         with self._calls_lock:
             busy = self._calls_in_flight > 0 or time.monotonic() - self._calls_last_end < 1.0
-            if busy and self._retired:
+            if busy and self._retired and not force:
                 return False
             retired, self._retired = self._retired, []
         for srv in retired:
@@ -778,7 +791,7 @@ class GlipNode(LifecycleNode):
         prev = self._query
         ok, _, active = self._apply_query(msg.data, None, source="topic", publish_state=False)
         if ok:
-            self._sync_query_param(active.text if self._engine is not None else msg.data)
+            self._sync_query_param(msg.data)
         if active is not prev:
             self._publish_query_state()
 

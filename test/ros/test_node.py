@@ -394,6 +394,34 @@ def test_bad_input_is_counted_logged_once_and_the_node_keeps_serving(glip, outpu
         client.node.destroy_publisher(name)
 
 
+def test_query_parameter_follows_the_active_query_when_topic_and_service_race(glip, outputs: Outputs) -> None:
+    """A speech node (topic) and a planner (service) setting queries at the same moment: afterwards the
+    `query` parameter names the active query (the two mirror writes could land in either order: 3-5 of 25
+    rounds disagreed before they were serialised)."""
+    from std_msgs.msg import String
+
+    _, client = glip
+    pub = client.node.create_publisher(String, "query", 10)
+    try:
+        wait_for(lambda: pub.get_subscription_count() > 0, 20, "the node's query subscription")
+        mismatches = []
+        for i in range(20):
+            spoken, planned = f"apple {i}. pear", f"banana {i}. plum"
+            t = threading.Thread(target=lambda text=spoken: pub.publish(String(data=text)))
+            t.start()
+            assert set_query(client, planned).success
+            t.join()
+            time.sleep(0.4)  # both callbacks done
+            param = client.get_parameters(NODE, ["query"])["query"]
+            with outputs.lock:
+                active = outputs.states[-1].query
+            if param != active:
+                mismatches.append((i, param, active))
+        assert not mismatches, mismatches
+    finally:
+        client.node.destroy_publisher(pub)
+
+
 def test_model_parameters_are_refused_while_active_and_query_parameter_answers(glip) -> None:
     """Acceptance 5: checkpoint/preset/device/... refused with a reason while active; `query` answers."""
     node, client = glip
