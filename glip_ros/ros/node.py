@@ -719,7 +719,17 @@ class GlipNode(LifecycleNode):
             self._bad_input("query_too_long", f"{source}: {reason}")
             return False, reason, self._query
         if self._engine is None:
-            # Not configured: the parameter keeps the text, on_configure applies it.
+            # Not configured: the parameter keeps the text, on_configure applies it. Parsed now (no model
+            # needed), so that "?!?!" is refused when set rather than replacing a good stored query.
+            if not idle:
+                from glip_ros.prompt import QueryError, build_prompts
+
+                try:
+                    build_prompts(text, phrases=phrases)
+                except QueryError as exc:
+                    reason = f"{exc}; not applied"
+                    self._bad_input("query_rejected", f"{source}: {reason} (query: {_clip(text)})")
+                    return False, reason, self._query
             return True, "stored; applied when the node is configured", self._query
         prepared = None
         if not idle:
@@ -834,7 +844,11 @@ class GlipNode(LifecycleNode):
             cam.latest = msg
             self._frames_cv.notify()
 
-    def _convert(self, cam: Camera | None, msg: Any) -> np.ndarray | None:
+    def _convert(
+        self, cam: Camera | None, msg: Any, reasons: list[str] | None = None, count: bool = True
+    ) -> np.ndarray | None:
+        """The frame as RGB, or None with the reason appended to ``reasons`` and (``count``) counted as bad
+        input of its kind (~/ground on a camera's latest frame does not count it: the worker did)."""
         try:
             if isinstance(msg, CompressedImage):
                 rgb = compressed_to_rgb(msg.data, msg.format)
@@ -843,9 +857,13 @@ class GlipNode(LifecycleNode):
             _check_model_size(self._engine, rgb)
             return rgb
         except ImageConversionError as exc:
-            self._bad_input(exc.kind, exc.message, cam)
+            kind, message = exc.kind, exc.message
         except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the worker
-            self._bad_input("conversion_error", f"{type(exc).__name__}: {exc}", cam)
+            kind, message = "conversion_error", f"{type(exc).__name__}: {exc}"
+        if reasons is not None:
+            reasons.append(f"{kind}: {message}")
+        if count:
+            self._bad_input(kind, message, cam)
         return None
 
     def _work_loop(self) -> None:
@@ -890,24 +908,26 @@ class GlipNode(LifecycleNode):
                 frames.append((cam, msg, rgb))
         while frames and not self._stop.is_set():
             query = self._query
-            if query.prepared is None:
-                self._publish(frames, None, query)
-                return
-            engine = self._engine
-            if engine is None:
-                return
-            threshold = float(self.param("score_threshold"))
-            with self._engine_lock:
-                if self._engine is not engine:
+            if query.prepared is None:  # idle: an empty answer, unless the query changed meanwhile
+                if self._publish(frames, None, query):
                     return
-                self._model_calls += 1
-                # The converted frames go in as they are (views of the message buffers where possible):
-                # preprocessing copies once, and reads a bgr8 image through its BGR buffer.
-                results = engine.detect([f[2] for f in frames], query.prepared, threshold)
-            if self._publish(frames, results, query):
-                return
-            # The query changed while the model ran: re-run these frames on the new query, unless a newer
-            # frame of the same camera is already waiting (then this one is superseded and counted dropped).
+            else:
+                engine = self._engine
+                if engine is None:
+                    return
+                threshold = float(self.param("score_threshold"))
+                with self._engine_lock:
+                    if self._engine is not engine:
+                        return
+                    self._model_calls += 1
+                    # The converted frames go in as they are (views of the message buffers where possible):
+                    # preprocessing copies once, and reads a bgr8 image through its BGR buffer.
+                    results = engine.detect([f[2] for f in frames], query.prepared, threshold)
+                if self._publish(frames, results, query):
+                    return
+            # The query changed meanwhile: re-run these frames on the new query, unless a newer frame of the
+            # same camera is already waiting (then this one is superseded and counted dropped). Idle frames
+            # too: they went unanswered and uncounted when a query came between reading and publishing.
             with self._frames_cv:
                 keep = []
                 for f in frames:
@@ -982,9 +1002,10 @@ class GlipNode(LifecycleNode):
             if msg is None:
                 response.message = f"no frame received yet on {cam.input_topic}"
                 return response
-        rgb = self._convert(cam, msg)
+        reasons: list[str] = []
+        rgb = self._convert(cam, msg, reasons, count=cam is None)
         if rgb is None:
-            response.message = "image could not be converted (see the node's log and /diagnostics)"
+            response.message = f"image could not be converted: {reasons[0]}"
             return response
         text = str(request.query)
         if "\ufffd" in text:

@@ -88,6 +88,10 @@ def test_missing_checkpoint_leaves_the_node_alive_and_unconfigured(managed) -> N
     assert "Set 'checkpoint' to a valid file" in node.output()
     values = client.get_parameters(NODE, ["max_batch", "image_reliability"])
     assert values == {"max_batch": 4, "image_reliability": "best_effort"}, values
+    # while unconfigured: a query that cannot parse is refused when set, the stored one kept
+    (res,) = client.set_parameters(NODE, {"query": "?!?!"})
+    assert not res.successful and "no words" in res.reason, res.reason
+    assert client.get_parameters(NODE, ["query"]) == {"query": "red circle"}
     # while unconfigured: a missing file is refused with the reason, a wrong type too; both counted
     (res,) = client.set_parameters(NODE, {"checkpoint": "/still/missing.pt"})
     assert not res.successful and "not found" in res.reason

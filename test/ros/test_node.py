@@ -293,7 +293,7 @@ def test_ground_service_on_given_image_and_latest_frame(glip, outputs: Outputs) 
         broken = rgb_image_msg(rgb, stamp)
         broken.encoding = "bayer_wxyz"
         bad_img = client.call(cli, Ground.Request(query="laptop", use_image=True, image=broken))
-        assert not bad_img.success
+        assert not bad_img.success and "bayer_wxyz" in bad_img.message, bad_img.message
     finally:
         client.node.destroy_client(cli)
 
