@@ -253,6 +253,10 @@ def test_deactivate_while_a_service_call_runs_answers_it_and_keeps_the_node(mana
         (res,) = client.set_parameters(NODE, {"cameras": ["front", "kamera_\u00fc"]})
         assert not res.successful and "kamera" in res.reason, res.reason
         assert lifecycle(client, "activate") == "active"
+        # a service made anew: its request reader can match before its response writer has, and a reply sent
+        # in between is lost (DDS discovery, not the node), so give discovery a moment
+        wait_for(cli.service_is_ready, 20, "the service after activate")
+        time.sleep(1.0)
         assert client.call(cli, SetQuery.Request(query="red circle")).success
     finally:
         client.node.destroy_client(cli)
