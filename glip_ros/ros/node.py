@@ -1035,7 +1035,7 @@ class GlipNode(LifecycleNode):
                         return response
                     prepared, query_id = active.prepared, active.query_id
                 self._model_calls += 1
-                dets = engine.detect([rgb], prepared, min(threshold, 1.0))[0]
+                dets = engine.detect([rgb], prepared, threshold)[0]
         except ValueError as exc:
             response.message = str(exc)
             self._bad_input("query_rejected", f"ground: {exc} (query: {_clip(text)})")
